@@ -1,0 +1,1 @@
+"""MIDI <-> tensor conversion: note sequences, quantisation, and one converter per model family."""

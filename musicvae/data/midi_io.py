@@ -1,0 +1,118 @@
+"""Reading and writing MIDI: the one place where bytes become a `NoteSequence` and back.
+
+Parsing follows Magenta's `note_seq.midi_io.midi_to_note_sequence` exactly (pretty_midi does the
+parsing; instruments are numbered in pretty_midi's order), because every converter's output
+depends on it. Unlike note_seq, the work per file is bounded: the byte size is capped and
+pretty_midi's own tick ceiling (1e7) is kept, so a corrupt header cannot allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import pretty_midi
+
+from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo, TimeSignature
+
+MAX_MIDI_BYTES = 16 * 1024 * 1024  # far above any real song; keeps per-file work bounded
+
+MidiSource = Union[str, os.PathLike, bytes, pretty_midi.PrettyMIDI, NoteSequence]
+
+
+class MidiReadError(ValueError):
+    """A MIDI file could not be read (corrupt, empty, too large, absurd timing)."""
+
+
+def read_midi_bytes(path: str | os.PathLike, max_bytes: int = MAX_MIDI_BYTES) -> bytes:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise MidiReadError(f"{p}: cannot read file ({e.strerror or e})") from e
+    if size > max_bytes:
+        raise MidiReadError(f"{p}: {size} bytes exceeds the {max_bytes}-byte limit for a MIDI file")
+    return p.read_bytes()
+
+
+def parse_midi(data: bytes, name: str = "<bytes>", max_bytes: int = MAX_MIDI_BYTES) -> pretty_midi.PrettyMIDI:
+    if not data:
+        raise MidiReadError(f"{name}: empty file")
+    if len(data) > max_bytes:
+        raise MidiReadError(f"{name}: {len(data)} bytes exceeds the {max_bytes}-byte limit for a MIDI file")
+    if not data.startswith(b"MThd"):
+        raise MidiReadError(f"{name}: not a Standard MIDI File (no MThd header)")
+    try:
+        with warnings.catch_warnings():
+            # pretty_midi warns about meta events on non-zero tracks; they are still honoured.
+            warnings.simplefilter("ignore")
+            return pretty_midi.PrettyMIDI(io.BytesIO(data))
+    except Exception as e:  # mido/pretty_midi raise many unrelated types for corrupt files
+        raise MidiReadError(f"{name}: corrupt MIDI ({type(e).__name__}: {e})") from e
+
+
+def pretty_midi_to_sequence(midi: pretty_midi.PrettyMIDI) -> NoteSequence:
+    """Magenta's midi_to_note_sequence: notes grouped by pretty_midi instrument, in its order."""
+    ns = NoteSequence(ticks_per_quarter=int(midi.resolution))
+    for ts in midi.time_signature_changes:
+        ns.time_signatures.append(TimeSignature(float(ts.time), int(ts.numerator), int(ts.denominator)))
+    times, qpms = midi.get_tempo_changes()
+    for t, q in zip(times, qpms):
+        ns.tempos.append(Tempo(float(t), float(q)))
+    total = 0.0
+    for index, inst in enumerate(midi.instruments):
+        program, is_drum = int(inst.program), bool(inst.is_drum)
+        for n in inst.notes:
+            start, end = float(n.start), float(n.end)
+            ns.notes.append(Note(int(n.pitch), int(n.velocity), start, end, index, program, is_drum))
+            if end > total:
+                total = end
+    ns.total_time = total
+    return ns
+
+
+def read_midi(source: MidiSource, max_bytes: int = MAX_MIDI_BYTES) -> NoteSequence:
+    """Read a path, raw bytes, a PrettyMIDI object or a NoteSequence into a NoteSequence.
+
+    Raises MidiReadError with the reason for anything that is not a readable MIDI file.
+    """
+    if isinstance(source, NoteSequence):
+        return source
+    if isinstance(source, pretty_midi.PrettyMIDI):
+        return pretty_midi_to_sequence(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return pretty_midi_to_sequence(parse_midi(bytes(source), max_bytes=max_bytes))
+    if isinstance(source, (str, os.PathLike)):
+        data = read_midi_bytes(source, max_bytes)
+        return pretty_midi_to_sequence(parse_midi(data, str(source), max_bytes))
+    raise TypeError(f"cannot read MIDI from {type(source).__name__}")
+
+
+def sequence_to_pretty_midi(ns: NoteSequence) -> pretty_midi.PrettyMIDI:
+    """Magenta's note_sequence_to_pretty_midi: one pretty_midi instrument per (instrument, program, drum)."""
+    initial = next((t.qpm for t in ns.tempos if t.time == 0), DEFAULT_QPM)
+    pm = pretty_midi.PrettyMIDI(resolution=ns.ticks_per_quarter or 220, initial_tempo=initial)
+    for ts in ns.time_signatures:
+        pm.time_signature_changes.append(pretty_midi.TimeSignature(ts.numerator, ts.denominator, ts.time))
+    later = sorted((t for t in ns.tempos if t.time != 0), key=lambda t: t.time)
+    if later:
+        # pretty_midi has no public API for tempo changes; rebuild its tick scales as note_seq does.
+        for t in later:
+            tick = pm.time_to_tick(t.time)
+            pm._tick_scales.append((tick, 60.0 / (t.qpm * pm.resolution)))
+            pm._update_tick_to_time(tick)
+    instruments: dict[tuple[int, int, bool], pretty_midi.Instrument] = {}
+    for n in ns.notes:
+        key = (n.instrument, n.program, n.is_drum)
+        if key not in instruments:
+            instruments[key] = pretty_midi.Instrument(program=n.program, is_drum=n.is_drum)
+        instruments[key].notes.append(pretty_midi.Note(n.velocity, n.pitch, n.start_time, n.end_time))
+    pm.instruments.extend(instruments[k] for k in sorted(instruments))
+    return pm
+
+
+def write_midi(ns: NoteSequence, path: str | os.PathLike) -> None:
+    sequence_to_pretty_midi(ns).write(str(path))

@@ -1,0 +1,203 @@
+"""Splitting and quantising note sequences, with note_seq's exact semantics.
+
+Every converter quantises at 4 steps per quarter and keeps only sections whose bars have 16
+steps; those that split do so first at tempo and time-signature changes (each piece then has a
+single tempo and meter, which quantisation requires).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo, TimeSignature
+
+QUANTIZE_CUTOFF = 0.5
+
+
+class QuantizationError(ValueError):
+    """Base class: the sequence cannot be quantised relative to its tempo."""
+
+
+class MultipleTimeSignatureError(QuantizationError):
+    pass
+
+
+class MultipleTempoError(QuantizationError):
+    pass
+
+
+class BadTimeSignatureError(QuantizationError):
+    pass
+
+
+class NegativeTimeError(QuantizationError):
+    pass
+
+
+def _extract_subsequences(ns: NoteSequence, split_times: list[float]) -> list[NoteSequence]:
+    """Cut at `split_times`, shifting each piece to time 0 and carrying the active tempo/meter.
+
+    Notes are reordered by start time (a stable sort), as note_seq does; converters that
+    break ties by order depend on it.
+    """
+    n_parts = len(split_times) - 1
+    parts = [NoteSequence(ticks_per_quarter=ns.ticks_per_quarter) for _ in range(n_parts)]
+    index = -1
+    for note in sorted(ns.notes, key=lambda n: n.start_time):
+        if note.start_time < split_times[0]:
+            continue
+        while index < n_parts and note.start_time >= split_times[index + 1]:
+            index += 1
+            if index == n_parts:
+                break
+        if index == n_parts:
+            break
+        part = parts[index]
+        offset = split_times[index]
+        end = min(note.end_time, split_times[index + 1]) - offset
+        part.notes.append(replace(note, start_time=note.start_time - offset, end_time=end))
+        if end > part.total_time:
+            part.total_time = end
+
+    # Stateful events: the one in force at a boundary is repeated at time 0 of the next piece.
+    for events, attr in ((ns.time_signatures, "time_signatures"), (ns.tempos, "tempos")):
+        previous = None
+        index = -1
+        for event in sorted(events, key=lambda e: e.time):
+            if event.time <= split_times[0]:
+                previous = event
+                continue
+            while index < n_parts and event.time > split_times[index + 1]:
+                index += 1
+                if index == n_parts:
+                    break
+                if previous is not None:
+                    getattr(parts[index], attr).append(replace(previous, time=0.0))
+            if index == n_parts:
+                break
+            if event.time < split_times[index + 1]:
+                getattr(parts[index], attr).append(replace(event, time=event.time - split_times[index]))
+            previous = event
+        while index < n_parts - 1:
+            index += 1
+            if previous is not None:
+                getattr(parts[index], attr).append(replace(previous, time=0.0))
+    return parts
+
+
+def split_on_time_changes(ns: NoteSequence) -> list[NoteSequence]:
+    """note_seq.split_note_sequence_on_time_changes (never skipping splits inside notes)."""
+    numerator, denominator, qpm = 4, 4, DEFAULT_QPM
+    changes: list[TimeSignature | Tempo] = sorted(
+        [*ns.time_signatures, *ns.tempos], key=lambda e: e.time
+    )
+    split_times = [0.0]
+    for change in changes:
+        if change.time >= ns.total_time:
+            continue
+        if isinstance(change, TimeSignature):
+            if (change.numerator, change.denominator) == (numerator, denominator):
+                continue
+        elif change.qpm == qpm:
+            continue
+        if change.time > split_times[-1]:
+            split_times.append(change.time)
+        if isinstance(change, TimeSignature):
+            numerator, denominator = change.numerator, change.denominator
+        else:
+            qpm = change.qpm
+    if ns.total_time > split_times[-1]:
+        split_times.append(ns.total_time)
+    if len(split_times) < 2:
+        return []
+    return _extract_subsequences(ns, split_times)
+
+
+def quantize_to_step(seconds: float, steps_per_second: float) -> int:
+    return int(seconds * steps_per_second + (1 - QUANTIZE_CUTOFF))
+
+
+def _is_power_of_2(x: int) -> bool:
+    return x > 0 and not x & (x - 1)
+
+
+def quantize(ns: NoteSequence, steps_per_quarter: int = 4) -> NoteSequence:
+    """note_seq.quantize_note_sequence: a quantised copy, or a typed QuantizationError."""
+    time_signatures = sorted(ns.time_signatures, key=lambda t: t.time)
+    if time_signatures:
+        first = time_signatures[0]
+        if first.time != 0 and (first.numerator, first.denominator) != (4, 4):
+            raise MultipleTimeSignatureError(
+                f"implicit change from 4/4 to {first.numerator}/{first.denominator} at {first.time:.2f} s"
+            )
+        original_first = ns.time_signatures[0]
+        for ts in time_signatures[1:]:
+            if (ts.numerator, ts.denominator) != (original_first.numerator, original_first.denominator):
+                raise MultipleTimeSignatureError(
+                    f"time signature changes to {ts.numerator}/{ts.denominator} at {ts.time:.2f} s"
+                )
+        meter = TimeSignature(0.0, original_first.numerator, original_first.denominator)
+    else:
+        meter = TimeSignature(0.0, 4, 4)
+    if not _is_power_of_2(meter.denominator):
+        raise BadTimeSignatureError(f"denominator is not a power of 2: {meter.numerator}/{meter.denominator}")
+    if meter.numerator == 0:
+        raise BadTimeSignatureError(f"numerator is 0: {meter.numerator}/{meter.denominator}")
+
+    tempos = sorted(ns.tempos, key=lambda t: t.time)
+    if tempos:
+        if tempos[0].time != 0 and tempos[0].qpm != DEFAULT_QPM:
+            raise MultipleTempoError(f"implicit tempo change from 120 to {tempos[0].qpm:.1f} qpm")
+        for t in tempos[1:]:
+            if t.qpm != ns.tempos[0].qpm:
+                raise MultipleTempoError(f"tempo changes to {t.qpm:.1f} qpm at {t.time:.2f} s")
+        tempo = Tempo(0.0, ns.tempos[0].qpm)
+    else:
+        tempo = Tempo(0.0, DEFAULT_QPM)
+
+    steps_per_second = steps_per_quarter * tempo.qpm / 60.0
+    total_steps = quantize_to_step(ns.total_time, steps_per_second)
+    notes = []
+    for note in ns.notes:
+        start = quantize_to_step(note.start_time, steps_per_second)
+        end = quantize_to_step(note.end_time, steps_per_second)
+        if end == start:
+            end += 1
+        if start < 0 or end < 0:
+            raise NegativeTimeError(f"negative note time: start step {start}, end step {end}")
+        if end > total_steps:
+            total_steps = end
+        notes.append(replace(note, quantized_start_step=start, quantized_end_step=end))
+    return NoteSequence(
+        notes=notes,
+        tempos=[tempo],
+        time_signatures=[meter],
+        total_time=ns.total_time,
+        ticks_per_quarter=ns.ticks_per_quarter,
+        steps_per_quarter=steps_per_quarter,
+        total_quantized_steps=total_steps,
+    )
+
+
+def steps_per_bar(qns: NoteSequence) -> float:
+    meter = qns.time_signatures[0]
+    return qns.steps_per_quarter * (4.0 / meter.denominator) * meter.numerator
+
+
+def extract_instrument(ns: NoteSequence, instrument: int) -> NoteSequence:
+    return ns.with_notes([n for n in ns.notes if n.instrument == instrument])
+
+
+__all__ = [
+    "BadTimeSignatureError",
+    "MultipleTempoError",
+    "MultipleTimeSignatureError",
+    "NegativeTimeError",
+    "Note",
+    "QuantizationError",
+    "extract_instrument",
+    "quantize",
+    "quantize_to_step",
+    "split_on_time_changes",
+    "steps_per_bar",
+]
