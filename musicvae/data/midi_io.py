@@ -19,6 +19,9 @@ import pretty_midi
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo, TimeSignature
 
 MAX_MIDI_BYTES = 16 * 1024 * 1024  # far above any real song; keeps per-file work bounded
+# Converters build per-step event lists, so a file claiming days of music (tiny resolution, huge
+# ticks) would cost gigabytes; four hours is far beyond any piece MusicVAE windows come from.
+MAX_DURATION_SECONDS = 4 * 3600.0
 
 MidiSource = Union[str, os.PathLike, bytes, pretty_midi.PrettyMIDI, NoteSequence]
 
@@ -71,6 +74,8 @@ def pretty_midi_to_sequence(midi: pretty_midi.PrettyMIDI) -> NoteSequence:
             if end > total:
                 total = end
     ns.total_time = total
+    if total > MAX_DURATION_SECONDS:
+        raise MidiReadError(f"notes run to {total:.0f} s, beyond the {MAX_DURATION_SECONDS:.0f}-second limit (absurd timing?)")
     return ns
 
 
