@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from musicvae.data.converter import ConverterTensors, DataConverter
+from musicvae.data.drums import REDUCED_DRUM_PITCH_CLASSES
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo
 from musicvae.data.sequences import QuantizationError, quantize, steps_per_bar
 
@@ -48,20 +49,6 @@ ROLAND_DRUM_PITCH_CLASSES: list[list[int]] = [
     [50, 48],  # high tom
     [49, 52, 55, 57],  # crash
     [51, 53, 59],  # ride
-]
-
-# TEMPORARY: the 9-class General MIDI map (spec section 2.3, note_seq's DEFAULT_DRUM_TYPE_PITCHES)
-# belongs to musicvae.data.drums, which does not exist yet; import it from there once it does.
-REDUCED_DRUM_PITCH_CLASSES: list[list[int]] = [
-    [36, 35],  # kick
-    [38, 27, 28, 31, 32, 33, 34, 37, 39, 40, 56, 65, 66, 75, 85],  # snare
-    [42, 44, 54, 68, 69, 70, 71, 73, 78, 80, 22],  # closed hi-hat
-    [46, 67, 72, 74, 79, 81, 26],  # open hi-hat
-    [45, 29, 41, 43, 61, 64, 84],  # low tom
-    [48, 47, 60, 63, 77, 86, 87],  # mid tom
-    [50, 30, 62, 76, 83],  # high tom
-    [49, 52, 55, 57, 58],  # crash
-    [51, 53, 59, 82],  # ride
 ]
 
 TAP_CATEGORY = 3  # tapify squashes every step onto the open hi-hat, as Magenta does
@@ -177,8 +164,8 @@ class GrooveConverter(DataConverter):
             return ConverterTensors()
         if steps_per_bar(qns) != self.steps_per_bar:
             return ConverterTensors()
-        # Magenta looks every pitch up before anything else, so an unmapped pitch raises even
-        # when the sequence would give no window.
+        # Magenta looks every pitch up before it checks for notes or windows, so an unmapped
+        # pitch raises even when the sequence would give no window.
         for note in qns.notes:
             if note.pitch not in class_map:
                 raise UnmappedDrumPitchError(note.pitch, _map_name(self.pitch_classes))
@@ -192,7 +179,9 @@ class GrooveConverter(DataConverter):
         controls = hits.astype(bool) if self.hits_as_controls else None
         return self._windows(inputs, outputs, controls)
 
-    def _groove(self, qns: NoteSequence, class_map: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _groove(
+        self, qns: NoteSequence, class_map: dict[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Target hits, velocities and offsets, [steps, num_drums] each, padded to whole bars."""
         step_length = 60.0 / qns.tempos[0].qpm / self.steps_per_quarter
         last_onset = max(n.quantized_start_step for n in qns.notes)
@@ -246,7 +235,9 @@ class GrooveConverter(DataConverter):
                 block[:, self.add_instruments] = 0.0
         return in_hits, in_velocities, in_offsets
 
-    def _windows(self, inputs: np.ndarray, outputs: np.ndarray, controls: np.ndarray | None) -> ConverterTensors:
+    def _windows(
+        self, inputs: np.ndarray, outputs: np.ndarray, controls: np.ndarray | None
+    ) -> ConverterTensors:
         """Non-overlapping windows of `split_bars` bars; a shorter remainder is dropped."""
         if not self.split_bars:
             return ConverterTensors([inputs], [outputs], [controls] if controls is not None else [])
@@ -258,7 +249,9 @@ class GrooveConverter(DataConverter):
             controls=[controls[i : i + size] for i in starts] if controls is not None else [],
         )
 
-    def to_sequences(self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None) -> list[NoteSequence]:
+    def to_sequences(
+        self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None
+    ) -> list[NoteSequence]:
         """One drum NoteSequence per window at 120 qpm; controls are ignored, as in Magenta.
 
         A hit above 0.5 becomes a one-step note on the class's first pitch, starting at
