@@ -345,6 +345,22 @@ def test_note_dropout_thins_the_encoder_input_only() -> None:
     np.testing.assert_array_equal(conv.to_tensors(dense_groove()).inputs[0], inp)
 
 
+def test_tapify_after_dropout_reads_the_full_groove() -> None:
+    # Dropout only decides which category is loudest; the tapped values come from the full
+    # groove. A step whose only note (a kick) was dropped picks category 0 by argmax, so the
+    # kick still reaches the encoder (Magenta's behaviour).
+    quiet_kicks = groove_midi([(36, 10, s * STEP) for s in range(32)])
+    dropout = GrooveConverter(max_note_dropout_probability=0.8)
+    dropout.seed(0)
+    assert dropout.to_tensors(quiet_kicks).inputs[0][:, KICK].sum() == 16  # half the kicks dropped
+    tap = GrooveConverter(max_note_dropout_probability=0.8, tapify=True)
+    tap.seed(0)
+    inp = tap.to_tensors(quiet_kicks).inputs[0]
+    np.testing.assert_array_equal(inp[:, OPEN_HH], np.ones(32))
+    np.testing.assert_allclose(inp[:, N + OPEN_HH], np.full(32, 10 / 127))
+    assert np.count_nonzero(inp) == 64
+
+
 def test_note_dropout_is_not_limited_to_training_as_in_magenta() -> None:
     # Magenta's GrooveConverter drops notes whenever max_note_dropout_probability is set; it does
     # not look at the mode, so eval and inference inputs are thinned too.
