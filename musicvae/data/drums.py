@@ -15,7 +15,13 @@ from typing import Sequence
 
 import numpy as np
 
-from musicvae.data.converter import OUTPUT_VELOCITY, ConverterTensors, DataConverter, maybe_sample_items, np_onehot
+from musicvae.data.converter import (
+    OUTPUT_VELOCITY,
+    ConverterTensors,
+    DataConverter,
+    maybe_sample_items,
+    np_onehot,
+)
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo
 from musicvae.data.sequences import QuantizationError, quantize, steps_per_bar
 
@@ -89,7 +95,11 @@ class DrumTrack:
             self.start_step = end_step - steps
 
     def to_sequence(
-        self, velocity: int = 100, instrument: int = DRUM_INSTRUMENT, program: int = 0, qpm: float = DEFAULT_QPM
+        self,
+        velocity: int = 100,
+        instrument: int = DRUM_INSTRUMENT,
+        program: int = 0,
+        qpm: float = DEFAULT_QPM,
     ) -> NoteSequence:
         """Every hit becomes a one-step drum note; notes follow the events' own iteration order."""
         seconds_per_step = 60.0 / qpm / self.steps_per_quarter
@@ -105,7 +115,9 @@ class DrumTrack:
         return ns
 
 
-def drum_track_from_quantized(qns: NoteSequence, search_start_step: int, gap_bars: float, bar_steps: int) -> DrumTrack:
+def drum_track_from_quantized(
+    qns: NoteSequence, search_start_step: int, gap_bars: float, bar_steps: int
+) -> DrumTrack:
     """The first drum track from `search_start_step`, ended by `gap_bars` bars without hits.
 
     Padded to a whole number of bars (MusicVAE always uses pad_end). Empty if nothing is found.
@@ -132,7 +144,9 @@ def drum_track_from_quantized(qns: NoteSequence, search_start_step: int, gap_bar
     return track
 
 
-def extract_drum_tracks(qns: NoteSequence, gap_bars: float, max_steps_truncate: int | None) -> list[DrumTrack]:
+def extract_drum_tracks(
+    qns: NoteSequence, gap_bars: float, max_steps_truncate: int | None
+) -> list[DrumTrack]:
     """drum_pipelines.extract_drum_tracks with MusicVAE's settings (min 1 bar, pad_end).
 
     Padding makes every non-empty track at least one bar long, so the min-bars filter never fires.
@@ -206,8 +220,9 @@ class DrumsConverter(DataConverter):
             return ConverterTensors()
         # Map to classes first, so extraction groups and dedupes classes rather than pitches.
         # total_quantized_steps keeps counting every note, as in Magenta.
+        class_map = self.pitch_class_map
         qns = qns.with_notes(
-            [replace(n, pitch=self.pitch_class_map[n.pitch]) for n in qns.notes if n.is_drum and n.pitch in self.pitch_class_map]
+            [replace(n, pitch=class_map[n.pitch]) for n in qns.notes if n.is_drum and n.pitch in class_map]
         )
         tracks = extract_drum_tracks(qns, self.gap_bars, self.max_steps_truncate)
         if self.pad_to_total_time:
@@ -233,7 +248,9 @@ class DrumsConverter(DataConverter):
             inputs = one_hots
         return ConverterTensors(inputs=inputs, outputs=rolls if self.roll_output else one_hots)
 
-    def to_sequences(self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None) -> list[NoteSequence]:
+    def to_sequences(
+        self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None
+    ) -> list[NoteSequence]:
         sequences = []
         for sample in samples:
             # Class sets are built in ascending order, as Magenta builds them; the exemplar set
@@ -246,6 +263,6 @@ class DrumsConverter(DataConverter):
                     for index in (int(i) for i in np.argmax(sample, axis=-1))
                 ]
             events = [frozenset(self.pitch_classes[c][0] for c in classes) for classes in class_sets]
-            track = DrumTrack(events, steps_per_bar=self.steps_per_bar, steps_per_quarter=self.steps_per_quarter)
+            track = DrumTrack(events, 0, self.steps_per_bar, self.steps_per_quarter)
             sequences.append(track.to_sequence(velocity=OUTPUT_VELOCITY))
         return sequences
