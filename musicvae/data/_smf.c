@@ -1,0 +1,660 @@
+/*
+ * A Standard MIDI File reader that yields exactly what pretty_midi (over mido) yields.
+ *
+ * `parse(data, bad_denominators)` returns
+ *     (resolution, tempos, time_signatures, notes, total_time)
+ * where tempos are (time, qpm) tuples from pretty_midi's tick scales, time signatures are
+ * (time, numerator, log2(denominator)) tuples from track 0, and notes are `Note` objects (the
+ * class registered with `set_note_type`) grouped by pretty_midi instrument, in its order.
+ *
+ * Fidelity rules (see pretty_midi.PrettyMIDI.__init__ and mido.midifiles):
+ *   - a file is accepted exactly when mido parses it and pretty_midi builds from it: every message
+ *     that mido would refuse (bad data bytes, undefined status, truncated or malformed meta
+ *     events that mido decodes, sysex data > 127, running status without a status, ...) is an
+ *     error here, as are an empty track, no tracks, a tick >= 1e7 (pretty_midi's MAX_TICK),
+ *     resolution 0, a zero tempo or zero numerator on track 0, and (negative division only) a
+ *     note ending before it starts or a track-0 meter/key at a negative time;
+ *   - mido builds unknown meta events without their delta time, so they do not advance the clock;
+ *   - tempos and time signatures come from track 0 only; repeated tick scales are dropped and
+ *     tempo events at tick 0 restart the list, as pretty_midi does;
+ *   - tick -> seconds uses pretty_midi's per-interval arithmetic (base + scale * k), so the
+ *     doubles are bit-identical (build with -ffp-contract=off: no fused multiply-add);
+ *   - notes: instruments keyed by (program at note-off, channel, track) created on their first
+ *     closed note; a note-off (or note-on with velocity 0) closes every open note of its
+ *     (channel, pitch) that did not start on the same tick; the same-tick ones survive only
+ *     when some other note was closed.
+ * Every read is bounds-checked; memory use is linear in the input size.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_TICK 10000000LL
+#define MAX_MESSAGE_LENGTH 1000000ULL
+#define VARINT_CAP (1ULL << 50)
+
+static PyObject *SmfError;
+
+/* ---- the Note class and its slots ---------------------------------------------------- */
+static PyTypeObject *note_type = NULL;
+static const char *note_fields[9] = {"pitch", "velocity", "start_time", "end_time", "instrument",
+                                     "program", "is_drum", "quantized_start_step", "quantized_end_step"};
+static Py_ssize_t note_offsets[9];
+static int note_direct = 0; /* 1 when every field is a plain object slot we can fill directly */
+
+static PyObject *set_note_type(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "expected a class");
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    int direct = 1;
+    for (int i = 0; i < 9; i++) {
+        PyObject *descr = PyDict_GetItemString(tp->tp_dict, note_fields[i]); /* borrowed */
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
+            direct = 0;
+            break;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) {
+            direct = 0;
+            break;
+        }
+        note_offsets[i] = m->offset;
+    }
+    /* Filling slots by hand is only valid for a plain slotted class allocated by tp_alloc. */
+    if (tp->tp_itemsize != 0 || tp->tp_alloc == NULL || tp->tp_dictoffset != 0) direct = 0;
+    Py_INCREF(cls);
+    Py_XDECREF((PyObject *)note_type);
+    note_type = tp;
+    note_direct = direct;
+    return PyBool_FromLong(direct);
+}
+
+/* Steals nothing; returns a new Note or NULL. */
+static PyObject *make_note(long pitch, long velocity, double start, double end, Py_ssize_t instrument,
+                           long program, int is_drum, PyObject *zero) {
+    PyObject *vals[9];
+    vals[0] = PyLong_FromLong(pitch);
+    vals[1] = PyLong_FromLong(velocity);
+    vals[2] = PyFloat_FromDouble(start);
+    vals[3] = PyFloat_FromDouble(end);
+    vals[4] = PyLong_FromSsize_t(instrument);
+    vals[5] = PyLong_FromLong(program);
+    vals[6] = is_drum ? Py_True : Py_False;
+    Py_INCREF(vals[6]);
+    vals[7] = zero;
+    Py_INCREF(zero);
+    vals[8] = zero;
+    Py_INCREF(zero);
+    PyObject *obj = NULL;
+    for (int i = 0; i < 9; i++)
+        if (vals[i] == NULL) goto done;
+    if (note_direct) {
+        obj = note_type->tp_alloc(note_type, 0);
+        if (obj == NULL) goto done;
+        for (int i = 0; i < 9; i++) {
+            *(PyObject **)((char *)obj + note_offsets[i]) = vals[i];
+            vals[i] = NULL; /* reference moved into the object */
+        }
+    } else {
+        obj = PyObject_Vectorcall((PyObject *)note_type, vals, 9, NULL);
+    }
+done:
+    for (int i = 0; i < 9; i++) Py_XDECREF(vals[i]);
+    return obj;
+}
+
+/* ---- growable arrays ----------------------------------------------------------------- */
+typedef struct {
+    char *data;
+    size_t len, cap, elsize;
+} Vec;
+
+static void *vec_push(Vec *v) {
+    if (v->len == v->cap) {
+        size_t ncap = v->cap ? v->cap * 2 : 8;
+        if (ncap > ((size_t)PY_SSIZE_T_MAX) / v->elsize) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        char *nd = PyMem_Realloc(v->data, ncap * v->elsize);
+        if (nd == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        v->data = nd;
+        v->cap = ncap;
+    }
+    return v->data + (v->len++) * v->elsize;
+}
+
+static void vec_free(Vec *v) {
+    PyMem_Free(v->data);
+    v->data = NULL;
+    v->len = v->cap = 0;
+}
+
+typedef struct {
+    int64_t tick;
+    long value;
+} TempoEv;
+typedef struct {
+    int64_t tick;
+    int numerator, exponent;
+} TsEv;
+typedef struct {
+    int64_t start, end;
+    int32_t instrument;
+    uint8_t pitch, velocity;
+} NoteEv;
+typedef struct {
+    int64_t tick;
+    int velocity;
+} OpenNote;
+typedef struct {
+    int program, channel;
+} Inst;
+typedef struct {
+    uint64_t generation;
+    int track, index;
+} InstSlot;
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t end, pos;
+} Rd;
+
+typedef struct {
+    Vec tempos, tss, kss, notes, insts; /* kss: key signature ticks on track 0 */
+    Vec open[16 * 128];     /* open notes per (channel, pitch), reset per track */
+    uint16_t touched[16 * 128]; /* keys given an open note in this track (each listed once) */
+    uint8_t is_touched[16 * 128];
+    size_t ntouched;
+    int big_open; /* some open list grew large: shrink them after the call */
+    InstSlot inst_map[16][128];
+    uint64_t generation; /* inst_map entries from earlier calls are stale */
+    const unsigned char *bad_denominators; /* 256 flags: mido refuses 2**k (math.log quirk) */
+} State;
+
+/* One State, reused by every call (the GIL is held throughout a parse): allocating and clearing
+ * ~100 KB per file would cost more than parsing a typical file. */
+static State *state = NULL;
+
+static int fail(const char *msg) {
+    PyErr_SetString(SmfError, msg);
+    return -1;
+}
+
+static inline int rd_byte(Rd *r, int *out) {
+    if (r->pos >= r->end) return fail("unexpected end of track");
+    *out = r->p[r->pos++];
+    return 0;
+}
+
+/* mido reads variable-length quantities of any length; values saturate far above every limit. */
+static int rd_varint(Rd *r, uint64_t *out) {
+    uint64_t v = 0;
+    int b;
+    for (;;) {
+        if (rd_byte(r, &b)) return -1;
+        if (v < VARINT_CAP) v = (v << 7) | (uint64_t)(b & 0x7f);
+        if (b < 0x80) break;
+    }
+    *out = v;
+    return 0;
+}
+
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static void reset_open(State *s) {
+    for (size_t i = 0; i < s->ntouched; i++) {
+        s->open[s->touched[i]].len = 0;
+        s->is_touched[s->touched[i]] = 0;
+    }
+    s->ntouched = 0;
+}
+
+static int instrument_index(State *s, int program, int channel, int track) {
+    InstSlot *slot = &s->inst_map[channel][program];
+    if (slot->generation == s->generation && slot->track == track) return slot->index;
+    Inst *inst = vec_push(&s->insts);
+    if (inst == NULL) return -1;
+    inst->program = program;
+    inst->channel = channel;
+    slot->generation = s->generation;
+    slot->track = track;
+    slot->index = (int)(s->insts.len - 1);
+    return slot->index;
+}
+
+static int note_off(State *s, int channel, int pitch, int64_t tick, int program, int track) {
+    Vec *open = &s->open[channel * 128 + pitch];
+    if (open->len == 0) return 0; /* spurious note-off */
+    OpenNote *on = (OpenNote *)open->data;
+    size_t kept = 0, closed = 0;
+    for (size_t i = 0; i < open->len; i++) {
+        if (on[i].tick == tick) {
+            on[kept++] = on[i];
+            continue;
+        }
+        int index = instrument_index(s, program, channel, track);
+        if (index < 0) return -1;
+        NoteEv *n = vec_push(&s->notes);
+        if (n == NULL) return -1;
+        n->start = on[i].tick;
+        n->end = tick;
+        n->instrument = index;
+        n->pitch = (uint8_t)pitch;
+        n->velocity = (uint8_t)on[i].velocity;
+        closed++;
+    }
+    open->len = (closed > 0 && kept > 0) ? kept : 0;
+    return 0;
+}
+
+static int is_known_meta(int type) {
+    switch (type) {
+    case 0x00: case 0x01: case 0x02: case 0x03: case 0x04: case 0x05: case 0x06: case 0x07: case 0x09:
+    case 0x20: case 0x21: case 0x2f: case 0x51: case 0x54: case 0x58: case 0x59: case 0x7f:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static inline int advance(int64_t *tick, uint64_t delta) {
+    if (delta >= (uint64_t)MAX_TICK || *tick + (int64_t)delta >= MAX_TICK)
+        return fail("MIDI file has a tick >= 1e7 (pretty_midi's MAX_TICK), it is likely corrupt");
+    *tick += (int64_t)delta;
+    return 0;
+}
+
+static int parse_track(State *s, const unsigned char *data, Py_ssize_t n, Py_ssize_t *pos, int track) {
+    if (n - *pos < 8) return fail("truncated track header");
+    if (memcmp(data + *pos, "MTrk", 4) != 0) return fail("no MTrk header at start of track");
+    uint32_t size = be32(data + *pos + 4);
+    *pos += 8;
+    /* mido reads on until the chunk ends exactly on a message boundary; a chunk reaching past
+     * the end of the file (or a message straddling its end) always ends in an error there. */
+    if ((uint64_t)size > (uint64_t)(n - *pos)) return fail("track chunk runs past the end of the file");
+    Rd r = {data, *pos + (Py_ssize_t)size, *pos};
+    *pos += size;
+
+    reset_open(s);
+    int program[16] = {0};
+    int last_status = -1;
+    int64_t tick = 0;
+    size_t events = 0;
+
+    while (r.pos != r.end) {
+        uint64_t delta;
+        int status, b;
+        if (rd_varint(&r, &delta)) return -1;
+        if (rd_byte(&r, &status)) return -1;
+        int peek = -1;
+        if (status < 0x80) {
+            if (last_status < 0) return fail("running status without last_status");
+            peek = status;
+            status = last_status;
+        } else if (status != 0xff) {
+            last_status = status;
+        }
+        events++;
+
+        if (status == 0xff) {
+            int type;
+            uint64_t len;
+            if (rd_byte(&r, &type)) return -1;
+            /* mido builds unknown meta types without their delta time: they do not move the clock */
+            if (!is_known_meta(type)) delta = 0;
+            if (advance(&tick, delta)) return -1;
+            if (rd_varint(&r, &len)) return -1;
+            if (len > MAX_MESSAGE_LENGTH) return fail("meta message length exceeds maximum length");
+            if (len > (uint64_t)(r.end - r.pos)) return fail("unexpected end of track in meta message");
+            const unsigned char *d = data + r.pos;
+            r.pos += (Py_ssize_t)len;
+            switch (type) {
+            case 0x00: /* sequence_number */
+                if (len == 1) return fail("short sequence_number");
+                break;
+            case 0x20: /* channel_prefix */
+                if (len < 1) return fail("short channel_prefix");
+                break;
+            case 0x51: /* set_tempo */
+                if (len < 3) return fail("short set_tempo");
+                if (track == 0) {
+                    long tempo = ((long)d[0] << 16) | ((long)d[1] << 8) | (long)d[2];
+                    if (tempo == 0) return fail("tempo of 0 microseconds per beat");
+                    TempoEv *t = vec_push(&s->tempos);
+                    if (t == NULL) return -1;
+                    t->tick = tick;
+                    t->value = tempo;
+                }
+                break;
+            case 0x54: /* smpte_offset */
+                if (len < 5 || d[0] >= 0x80 || d[1] > 59 || d[2] > 59 || d[4] > 99)
+                    return fail("invalid smpte_offset");
+                break;
+            case 0x58: /* time_signature */
+                if (len < 4) return fail("short time_signature");
+                if (s->bad_denominators[d[1]]) return fail("denominator must be a power of 2");
+                if (track == 0) {
+                    if (d[0] == 0) return fail("time signature numerator must be positive");
+                    TsEv *t = vec_push(&s->tss);
+                    if (t == NULL) return -1;
+                    t->tick = tick;
+                    t->numerator = d[0];
+                    t->exponent = d[1];
+                }
+                break;
+            case 0x59: { /* key_signature */
+                if (len < 2) return fail("short key_signature");
+                int key = (signed char)d[0];
+                if (key < -7 || key > 7 || d[1] > 1) return fail("could not decode key signature");
+                if (track == 0) {
+                    int64_t *t = vec_push(&s->kss);
+                    if (t == NULL) return -1;
+                    *t = tick;
+                }
+                break;
+            }
+            default:
+                break;
+            }
+        } else if (status == 0xf0 || status == 0xf7) {
+            /* sysex; under running status mido drops the data byte it read as status */
+            uint64_t len;
+            if (advance(&tick, delta)) return -1;
+            if (rd_varint(&r, &len)) return -1;
+            if (len > MAX_MESSAGE_LENGTH) return fail("sysex length exceeds maximum length");
+            if (len > (uint64_t)(r.end - r.pos)) return fail("unexpected end of track in sysex");
+            const unsigned char *d = data + r.pos;
+            r.pos += (Py_ssize_t)len;
+            size_t lo = 0, hi = (size_t)len;
+            if (hi > lo && d[lo] == 0xf0) lo++;
+            if (hi > lo && d[hi - 1] == 0xf7) hi--;
+            for (size_t i = lo; i < hi; i++)
+                if (d[i] > 127) return fail("sysex data byte must be in range 0..127");
+        } else {
+            int length;
+            if (advance(&tick, delta)) return -1;
+            if (status >= 0xf0) {
+                switch (status) {
+                case 0xf1: case 0xf3: length = 2; break;
+                case 0xf2: length = 3; break;
+                case 0xf6: case 0xf8: case 0xfa: case 0xfb: case 0xfc: case 0xfe: length = 1; break;
+                default: return fail("undefined status byte");
+                }
+            } else {
+                int hi = status & 0xf0;
+                length = (hi == 0xc0 || hi == 0xd0) ? 2 : 3;
+            }
+            int d[2] = {0, 0};
+            int nd = 0;
+            if (peek >= 0) {
+                if (length == 1) return fail("wrong number of bytes for a one-byte message");
+                d[nd++] = peek;
+            }
+            while (nd < length - 1) {
+                if (rd_byte(&r, &b)) return -1;
+                d[nd++] = b;
+            }
+            for (int i = 0; i < nd; i++)
+                if (d[i] > 127) return fail("data byte must be in range 0..127");
+            int kind = status & 0xf0, channel = status & 0x0f;
+            if (kind == 0x90 && d[1] > 0) {
+                int key = channel * 128 + d[0];
+                if (!s->is_touched[key]) {
+                    s->is_touched[key] = 1;
+                    s->touched[s->ntouched++] = (uint16_t)key;
+                }
+                OpenNote *on = vec_push(&s->open[key]);
+                if (on == NULL) return -1;
+                if (s->open[key].cap > 256) s->big_open = 1;
+                on->tick = tick;
+                on->velocity = d[1];
+            } else if (kind == 0x80 || kind == 0x90) {
+                if (note_off(s, channel, d[0], tick, program[channel], track)) return -1;
+            } else if (kind == 0xc0) {
+                program[channel] = d[0];
+            }
+        }
+    }
+    if (events == 0) return fail("empty track");
+    return 0;
+}
+
+typedef struct {
+    int64_t tick;
+    double scale, base;
+} Seg;
+
+static double tick_time(const Seg *segs, size_t nseg, int64_t tick) {
+    /* the last interval starting at or before `tick` wrote pretty_midi's array entry last */
+    size_t lo = 0, hi = nseg; /* segs[0].tick == 0 <= tick */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (segs[mid].tick <= tick)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return segs[lo].base + segs[lo].scale * (double)(tick - segs[lo].tick);
+}
+
+static PyObject *build_result(State *s, int resolution) {
+    PyObject *tempos = NULL, *tss = NULL, *notes = NULL, *zero = NULL, *result = NULL;
+    Seg *segs = NULL;
+    size_t nseg = 0;
+    Py_ssize_t *order = NULL, *counts = NULL;
+
+    /* pretty_midi._load_tempo_changes */
+    segs = PyMem_Malloc((s->tempos.len + 1) * sizeof(Seg));
+    if (segs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    segs[0].tick = 0;
+    segs[0].scale = 60.0 / (120.0 * (double)resolution);
+    nseg = 1;
+    TempoEv *tev = (TempoEv *)s->tempos.data;
+    for (size_t i = 0; i < s->tempos.len; i++) {
+        double scale = 60.0 / ((6e7 / (double)tev[i].value) * (double)resolution);
+        if (tev[i].tick == 0) {
+            nseg = 1;
+            segs[0].scale = scale;
+        } else if (scale != segs[nseg - 1].scale) {
+            segs[nseg].tick = tev[i].tick;
+            segs[nseg].scale = scale;
+            nseg++;
+        }
+    }
+    /* pretty_midi._update_tick_to_time: each interval continues from the previous end */
+    segs[0].base = 0.0;
+    for (size_t i = 1; i < nseg; i++)
+        segs[i].base = segs[i - 1].base + segs[i - 1].scale * (double)(segs[i].tick - segs[i - 1].tick);
+
+    tempos = PyList_New((Py_ssize_t)nseg);
+    if (tempos == NULL) goto done;
+    for (size_t i = 0; i < nseg; i++) {
+        PyObject *t = Py_BuildValue("(dd)", tick_time(segs, nseg, segs[i].tick),
+                                    60.0 / (segs[i].scale * (double)resolution));
+        if (t == NULL) goto done;
+        PyList_SET_ITEM(tempos, (Py_ssize_t)i, t);
+    }
+
+    /* pretty_midi's KeySignature and TimeSignature refuse negative times (negative division) */
+    for (size_t i = 0; i < s->kss.len; i++)
+        if (!(tick_time(segs, nseg, ((int64_t *)s->kss.data)[i]) >= 0)) {
+            fail("key signature at a negative time");
+            goto done;
+        }
+    TsEv *ts = (TsEv *)s->tss.data;
+    tss = PyList_New((Py_ssize_t)s->tss.len);
+    if (tss == NULL) goto done;
+    for (size_t i = 0; i < s->tss.len; i++) {
+        double time = tick_time(segs, nseg, ts[i].tick);
+        if (!(time >= 0)) {
+            fail("time signature at a negative time");
+            goto done;
+        }
+        PyObject *t = Py_BuildValue("(dii)", time, ts[i].numerator, ts[i].exponent);
+        if (t == NULL) goto done;
+        PyList_SET_ITEM(tss, (Py_ssize_t)i, t);
+    }
+
+    /* notes grouped by instrument (stable), as pretty_midi's instrument lists hold them */
+    size_t ninst = s->insts.len, nnotes = s->notes.len;
+    NoteEv *nev = (NoteEv *)s->notes.data;
+    Inst *insts = (Inst *)s->insts.data;
+    counts = PyMem_Calloc(ninst + 1, sizeof(Py_ssize_t));
+    order = PyMem_Malloc((nnotes + 1) * sizeof(Py_ssize_t));
+    if (counts == NULL || order == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t i = 0; i < nnotes; i++) counts[nev[i].instrument + 1]++;
+    for (size_t k = 1; k <= ninst; k++) counts[k] += counts[k - 1];
+    for (size_t i = 0; i < nnotes; i++) order[counts[nev[i].instrument]++] = (Py_ssize_t)i;
+
+    zero = PyLong_FromLong(0);
+    notes = PyList_New((Py_ssize_t)nnotes);
+    if (zero == NULL || notes == NULL) goto done;
+    double total = 0.0;
+    for (size_t k = 0; k < nnotes; k++) {
+        NoteEv *e = &nev[order[k]];
+        Inst *inst = &insts[e->instrument];
+        double start = tick_time(segs, nseg, e->start), end = tick_time(segs, nseg, e->end);
+        if (end < start) { /* pretty_midi.Note refuses it (only with a negative division) */
+            fail("Note end time must be greater than start time");
+            goto done;
+        }
+        if (end > total) total = end;
+        PyObject *note = make_note(e->pitch, e->velocity, start, end, e->instrument, inst->program,
+                                   inst->channel == 9, zero);
+        if (note == NULL) goto done;
+        PyList_SET_ITEM(notes, (Py_ssize_t)k, note);
+    }
+    result = Py_BuildValue("(iOOOd)", resolution, tempos, tss, notes, total);
+done:
+    Py_XDECREF(tempos);
+    Py_XDECREF(tss);
+    Py_XDECREF(notes);
+    Py_XDECREF(zero);
+    PyMem_Free(segs);
+    PyMem_Free(order);
+    PyMem_Free(counts);
+    return result;
+}
+
+static PyObject *parse(PyObject *self, PyObject *args) {
+    Py_buffer buf, bad;
+    if (!PyArg_ParseTuple(args, "y*y*", &buf, &bad)) return NULL;
+    PyObject *result = NULL;
+    State *s = NULL;
+    if (note_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "call set_note_type first");
+        goto out;
+    }
+    if (bad.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "bad_denominators must be 256 bytes");
+        goto out;
+    }
+    if (state == NULL) {
+        state = PyMem_Calloc(1, sizeof(State));
+        if (state == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        state->tempos.elsize = sizeof(TempoEv);
+        state->tss.elsize = sizeof(TsEv);
+        state->kss.elsize = sizeof(int64_t);
+        state->notes.elsize = sizeof(NoteEv);
+        state->insts.elsize = sizeof(Inst);
+        for (int i = 0; i < 16 * 128; i++) state->open[i].elsize = sizeof(OpenNote);
+    }
+    s = state;
+    s->tempos.len = s->tss.len = s->kss.len = s->notes.len = s->insts.len = 0;
+    reset_open(s);
+    s->generation++;
+    s->bad_denominators = (const unsigned char *)bad.buf;
+
+    const unsigned char *data = (const unsigned char *)buf.buf;
+    Py_ssize_t n = buf.len;
+    /* mido's read_file_header: MThd, then `size` bytes of which the first 6 are read as
+     * signed shorts (format, number of tracks, division). */
+    if (n < 8) {
+        fail("truncated file header");
+        goto out;
+    }
+    if (memcmp(data, "MThd", 4) != 0) {
+        fail("MThd not found. Probably not a MIDI file");
+        goto out;
+    }
+    uint32_t hsize = be32(data + 4);
+    Py_ssize_t avail = n - 8;
+    if ((uint64_t)hsize < (uint64_t)avail) avail = (Py_ssize_t)hsize;
+    if (avail < 6) {
+        fail("truncated file header");
+        goto out;
+    }
+    int ntracks = (int16_t)(((unsigned)data[10] << 8) | data[11]);
+    int resolution = (int16_t)(((unsigned)data[12] << 8) | data[13]);
+    Py_ssize_t pos = 8 + avail;
+    if (ntracks <= 0) {
+        fail("no tracks");
+        goto out;
+    }
+    for (int t = 0; t < ntracks; t++)
+        if (parse_track(s, data, n, &pos, t)) goto out;
+    if (resolution == 0) {
+        fail("resolution of 0 ticks per quarter");
+        goto out;
+    }
+    result = build_result(s, resolution);
+out:
+    if (s != NULL) {
+        /* keep the buffers for the next file unless this one made them large */
+        if (s->notes.cap > (1u << 16)) vec_free(&s->notes);
+        if (s->tempos.cap > 1024) vec_free(&s->tempos);
+        if (s->tss.cap > 1024) vec_free(&s->tss);
+        if (s->kss.cap > 1024) vec_free(&s->kss);
+        if (s->insts.cap > 1024) vec_free(&s->insts);
+        if (s->big_open) {
+            reset_open(s);
+            for (int i = 0; i < 16 * 128; i++)
+                if (s->open[i].cap > 256) vec_free(&s->open[i]);
+            s->big_open = 0;
+        }
+        s->bad_denominators = NULL;
+    }
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&bad);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", parse, METH_VARARGS,
+     "parse(data, bad_denominators) -> (resolution, tempos, time_signatures, notes, total_time)"},
+    {"set_note_type", set_note_type, METH_O,
+     "set_note_type(cls) -> bool: the class parse() builds notes with (True when slots are filled directly)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_smf", "Fast Standard MIDI File reader.", -1, methods};
+
+PyMODINIT_FUNC PyInit__smf(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    SmfError = PyErr_NewException("musicvae.data._smf.SmfError", PyExc_ValueError, NULL);
+    if (SmfError == NULL || PyModule_AddObjectRef(m, "SmfError", SmfError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
