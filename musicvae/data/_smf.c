@@ -30,6 +30,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <limits.h>
 
 #define MAX_TICK 10000000LL
 #define MAX_MESSAGE_LENGTH 1000000ULL
@@ -105,6 +106,131 @@ static PyObject *make_note(long pitch, long velocity, double start, double end, 
 done:
     for (int i = 0; i < 9; i++) Py_XDECREF(vals[i]);
     return obj;
+}
+
+/* ---- fast note copies for sequences.py ---------------------------------------------- */
+#define NOTE_PITCH 0
+#define NOTE_START 2
+#define NOTE_END 3
+#define NOTE_QSTART 7
+#define NOTE_QEND 8
+
+static inline PyObject *note_slot(PyObject *note, int i) {
+    return *(PyObject **)((char *)note + note_offsets[i]);
+}
+
+/* A copy of `note` with slot `i` replaced (new reference) when `value` is not NULL. */
+static PyObject *clone_note(PyObject *note) {
+    PyObject *obj = note_type->tp_alloc(note_type, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < 9; i++) {
+        PyObject *v = note_slot(note, i);
+        Py_XINCREF(v);
+        *(PyObject **)((char *)obj + note_offsets[i]) = v;
+    }
+    return obj;
+}
+
+static void set_slot(PyObject *obj, int i, PyObject *value) { /* steals value */
+    PyObject **p = (PyObject **)((char *)obj + note_offsets[i]);
+    PyObject *old = *p;
+    *p = value;
+    Py_XDECREF(old);
+}
+
+static int all_plain_notes(PyObject *notes) {
+    if (!note_direct || !PyList_CheckExact(notes)) return 0;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        if (Py_TYPE(note) != note_type) return 0;
+        for (int k = 0; k < 9; k++)
+            if (note_slot(note, k) == NULL) return 0;
+    }
+    return 1;
+}
+
+/* quantize_notes(notes, steps_per_second) -> (copies with quantized steps, max end step) or None.
+ * Steps are int(t * sps + 0.5) exactly as note_seq computes them, an empty note lasting one step.
+ * None means "take the Python path" (unusual objects, non-float times, negative or huge steps),
+ * which then gives the same result or raises the same error. */
+static PyObject *quantize_notes(PyObject *self, PyObject *args) {
+    PyObject *notes;
+    double sps;
+    if (!PyArg_ParseTuple(args, "Od", &notes, &sps)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    long long max_end = LLONG_MIN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        PyObject *s = note_slot(note, NOTE_START), *e = note_slot(note, NOTE_END);
+        if (!PyFloat_CheckExact(s) || !PyFloat_CheckExact(e)) Py_RETURN_NONE;
+        double qs = PyFloat_AS_DOUBLE(s) * sps + 0.5, qe = PyFloat_AS_DOUBLE(e) * sps + 0.5;
+        /* negative (an error) or beyond exact int64 handling: let Python decide */
+        if (!(qs >= 0 && qs < 4e18 && qe >= 0 && qe < 4e18)) Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        long long start = (long long)(PyFloat_AS_DOUBLE(note_slot(note, NOTE_START)) * sps + 0.5);
+        long long end = (long long)(PyFloat_AS_DOUBLE(note_slot(note, NOTE_END)) * sps + 0.5);
+        if (end == start) end += 1;
+        if (end > max_end) max_end = end;
+        PyObject *copy = clone_note(note);
+        if (copy == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, copy);
+        PyObject *qs = PyLong_FromLongLong(start), *qe = PyLong_FromLongLong(end);
+        if (qs == NULL || qe == NULL) {
+            Py_XDECREF(qs);
+            Py_XDECREF(qe);
+            Py_DECREF(out);
+            return NULL;
+        }
+        set_slot(copy, NOTE_QSTART, qs);
+        set_slot(copy, NOTE_QEND, qe);
+    }
+    if (n == 0) return Py_BuildValue("(NO)", out, Py_None);
+    return Py_BuildValue("(NL)", out, max_end);
+}
+
+/* shift_notes(notes, offset, limit) -> copies with start - offset and min(end, limit) - offset,
+ * or None for unusual objects (the Python path then does the same). */
+static PyObject *shift_notes(PyObject *self, PyObject *args) {
+    PyObject *notes;
+    double offset, limit;
+    if (!PyArg_ParseTuple(args, "Odd", &notes, &offset, &limit)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        if (!PyFloat_CheckExact(note_slot(note, NOTE_START)) || !PyFloat_CheckExact(note_slot(note, NOTE_END)))
+            Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        double start = PyFloat_AS_DOUBLE(note_slot(note, NOTE_START));
+        double end = PyFloat_AS_DOUBLE(note_slot(note, NOTE_END));
+        end = (limit < end ? limit : end) - offset; /* Python's min(end, limit): end unless limit < end */
+        PyObject *copy = clone_note(note);
+        PyObject *s = PyFloat_FromDouble(start - offset), *e = PyFloat_FromDouble(end);
+        if (copy == NULL || s == NULL || e == NULL) {
+            Py_XDECREF(copy);
+            Py_XDECREF(s);
+            Py_XDECREF(e);
+            Py_DECREF(out);
+            return NULL;
+        }
+        set_slot(copy, NOTE_START, s);
+        set_slot(copy, NOTE_END, e);
+        PyList_SET_ITEM(out, i, copy);
+    }
+    return out;
 }
 
 /* ---- growable arrays ----------------------------------------------------------------- */
@@ -643,6 +769,10 @@ static PyMethodDef methods[] = {
      "parse(data, bad_denominators) -> (resolution, tempos, time_signatures, notes, total_time)"},
     {"set_note_type", set_note_type, METH_O,
      "set_note_type(cls) -> bool: the class parse() builds notes with (True when slots are filled directly)"},
+    {"quantize_notes", quantize_notes, METH_VARARGS,
+     "quantize_notes(notes, steps_per_second) -> (quantized copies, max end step) or None"},
+    {"shift_notes", shift_notes, METH_VARARGS,
+     "shift_notes(notes, offset, limit) -> copies moved by -offset, ends clipped at limit, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,6 +6,8 @@ Events per 16th-note step: a MIDI pitch (note-on), NOTE_OFF (-1, start of silenc
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import attrgetter
 from typing import Sequence
 
 import numpy as np
@@ -109,6 +111,13 @@ def _clean_leading_note_offs(events: list[int]) -> list[int]:
     return events
 
 
+def _melody_order(n: Note) -> tuple[int, int]:
+    return n.quantized_start_step, -n.pitch
+
+
+_quantized_start = attrgetter("quantized_start_step")
+
+
 def melody_from_quantized(
     qns: NoteSequence,
     instrument: int,
@@ -116,38 +125,61 @@ def melody_from_quantized(
     gap_bars: float,
     pad_end: bool,
     bar_steps: int,
+    *,
+    ordered_notes: list[Note] | None = None,
 ) -> Melody:
-    """The first melody of `instrument` from `search_start_step`; highest pitch wins on shared onsets."""
+    """The first melody of `instrument` from `search_start_step`; highest pitch wins on shared onsets.
+
+    `ordered_notes`, when given, must be the instrument's notes stably sorted by (start, -pitch);
+    extract_melodies passes them so repeated searches need not filter and sort again.
+    """
     melody = Melody(steps_per_bar=bar_steps, steps_per_quarter=qns.steps_per_quarter)
-    notes = sorted(
-        (n for n in qns.notes if n.instrument == instrument and n.quantized_start_step >= search_start_step),
-        key=lambda n: (n.quantized_start_step, -n.pitch),
-    )
+    if ordered_notes is None:
+        notes = sorted(
+            (n for n in qns.notes if n.instrument == instrument and n.quantized_start_step >= search_start_step),
+            key=_melody_order,
+        )
+    else:
+        notes = ordered_notes[bisect_left(ordered_notes, search_start_step, key=_quantized_start) :]
     if not notes:
         melody.start_step = search_start_step
         return melody
     start_step = notes[0].quantized_start_step - (notes[0].quantized_start_step - search_start_step) % bar_steps
+    gap_steps = gap_bars * bar_steps
+    events = melody.events
+    last_on = last_off = 0
     for note in notes:
         if note.is_drum or not note.velocity:
             continue
         start = note.quantized_start_step - start_step
         end = note.quantized_end_step - start_step
-        if not melody.events:
+        if events:
+            if start == last_on:
+                continue  # sorted by descending pitch: the note already here is the highest
+            if start - last_off >= gap_steps:
+                break
+        if end > start:
+            # Melody._add_note, knowing the events end in NOTE_OFF (so padding adds no NOTE_OFF)
+            n = len(events)
+            if end + 1 > n:
+                events.extend([NO_EVENT] * (end + 1 - n))
+            elif end + 1 < n:
+                del events[end + 1 :]
+            events[start] = note.pitch
+            if end - start > 1:
+                events[start + 1 : end] = [NO_EVENT] * (end - start - 1)
+            events[end] = NOTE_OFF
+            last_on, last_off = start, end
+        else:  # not produced by quantize; keep the general code path and its errors
             melody._add_note(note.pitch, start, end)
-            continue
-        last_on, last_off = melody._last_on_off()
-        if start == last_on:
-            continue  # sorted by descending pitch: the note already here is the highest
-        if len(melody.events) and start - last_off >= gap_bars * bar_steps:
-            break
-        melody._add_note(note.pitch, start, end)
-    if not melody.events:
+            last_on, last_off = melody._last_on_off()
+    if not events:
         melody.start_step = search_start_step
         return melody
     melody.start_step = start_step
-    if melody.events[-1] == NOTE_OFF:
-        del melody.events[-1]
-    length = len(melody.events)
+    if events[-1] == NOTE_OFF:
+        del events[-1]
+    length = len(events)
     if pad_end:
         length += -length % bar_steps
     melody.set_length(length)
@@ -158,11 +190,16 @@ def extract_melodies(qns: NoteSequence, gap_bars: float, max_steps_truncate: int
     """melody_pipelines.extract_melodies with MusicVAE's settings (min 1 bar, 1 unique pitch)."""
     bar_steps = int(steps_per_bar(qns))
     melodies = []
+    # One stable sort; each instrument's notes keep that order (as filtering then sorting would).
+    by_instrument: dict[int, list[Note]] = {}
+    for n in sorted(qns.notes, key=_melody_order):
+        by_instrument.setdefault(n.instrument, []).append(n)
     # A Python set, iterated as Magenta iterates it: the instrument order decides window order.
     for instrument in set(n.instrument for n in qns.notes):
+        ordered = by_instrument[instrument]
         search = 0
         while True:
-            melody = melody_from_quantized(qns, instrument, search, gap_bars, pad_end, bar_steps)
+            melody = melody_from_quantized(qns, instrument, search, gap_bars, pad_end, bar_steps, ordered_notes=ordered)
             search = melody.end_step + (0 - melody.end_step) % bar_steps
             if not melody.events:
                 break
@@ -255,7 +292,8 @@ class OneHotMelodyConverter(DataConverter):
         # which follows the hashes of exactly these objects, decides which windows are kept.
         unique = list(set(tuple(zip(w)) for w in windows))
         unique = maybe_sample_items(unique, self.max_tensors_per_notesequence, self._sampling_rng)
-        seqs = [np_onehot([self.encode_event(e) for (e,) in t], self.output_depth) for t in unique if t]
+        offset = self.min_pitch - 2
+        seqs = [np_onehot([e - offset if e >= 0 else e + 2 for (e,) in t], self.output_depth) for t in unique if t]
         return ConverterTensors(inputs=seqs, outputs=seqs)
 
     def to_sequences(self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None) -> list[NoteSequence]:

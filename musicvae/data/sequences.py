@@ -8,8 +8,18 @@ single tempo and meter, which quantisation requires).
 from __future__ import annotations
 
 from dataclasses import replace
+from operator import attrgetter
 
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo, TimeSignature
+
+try:  # C helpers that copy notes without dataclasses.replace; None falls back to the Python code
+    from musicvae.data import _smf
+except ImportError:
+    _smf = None
+else:
+    _smf.set_note_type(Note)
+
+_start_time = attrgetter("start_time")
 
 QUANTIZE_CUTOFF = 0.5
 
@@ -42,8 +52,10 @@ def _extract_subsequences(ns: NoteSequence, split_times: list[float]) -> list[No
     """
     n_parts = len(split_times) - 1
     parts = [NoteSequence(ticks_per_quarter=ns.ticks_per_quarter) for _ in range(n_parts)]
+    # Assign the (start-sorted) notes to pieces, then copy them moved to the piece's origin.
+    members: list[list[Note]] = [[] for _ in range(n_parts)]
     index = -1
-    for note in sorted(ns.notes, key=lambda n: n.start_time):
+    for note in sorted(ns.notes, key=_start_time):
         if note.start_time < split_times[0]:
             continue
         while index < n_parts and note.start_time >= split_times[index + 1]:
@@ -52,12 +64,18 @@ def _extract_subsequences(ns: NoteSequence, split_times: list[float]) -> list[No
                 break
         if index == n_parts:
             break
-        part = parts[index]
-        offset = split_times[index]
-        end = min(note.end_time, split_times[index + 1]) - offset
-        part.notes.append(replace(note, start_time=note.start_time - offset, end_time=end))
-        if end > part.total_time:
-            part.total_time = end
+        members[index].append(note)
+    for index, (part, notes) in enumerate(zip(parts, members)):
+        offset, limit = split_times[index], split_times[index + 1]
+        shifted = _smf.shift_notes(notes, offset, limit) if _smf is not None else None
+        if shifted is None:
+            shifted = [
+                replace(n, start_time=n.start_time - offset, end_time=min(n.end_time, limit) - offset) for n in notes
+            ]
+        part.notes = shifted
+        for n in shifted:
+            if n.end_time > part.total_time:
+                part.total_time = n.end_time
 
     # Stateful events: the one in force at a boundary is repeated at time 0 of the next piece.
     for events, attr in ((ns.time_signatures, "time_signatures"), (ns.tempos, "tempos")):
@@ -157,6 +175,20 @@ def quantize(ns: NoteSequence, steps_per_quarter: int = 4) -> NoteSequence:
 
     steps_per_second = steps_per_quarter * tempo.qpm / 60.0
     total_steps = quantize_to_step(ns.total_time, steps_per_second)
+    fast = _smf.quantize_notes(ns.notes, steps_per_second) if _smf is not None else None
+    if fast is not None:
+        notes, max_end = fast
+        if max_end is not None and max_end > total_steps:
+            total_steps = max_end
+        return NoteSequence(
+            notes=notes,
+            tempos=[tempo],
+            time_signatures=[meter],
+            total_time=ns.total_time,
+            ticks_per_quarter=ns.ticks_per_quarter,
+            steps_per_quarter=steps_per_quarter,
+            total_quantized_steps=total_steps,
+        )
     notes = []
     for note in ns.notes:
         start = quantize_to_step(note.start_time, steps_per_second)

@@ -318,3 +318,41 @@ def test_random_bytes_never_crash_the_fast_reader():
         except MidiReadError:
             continue
         assert all(type(n.start_time) is float and type(n.pitch) is int for n in ns.notes)
+
+
+def _random_sequences(seed: int, count: int):
+    from musicvae.data.note_sequence import Note, NoteSequence, Tempo, TimeSignature
+
+    rng = random.Random(seed)
+    for _ in range(count):
+        notes = []
+        for _ in range(rng.randrange(0, 40)):
+            start = rng.choice((0.0, -0.0, rng.uniform(0, 30), rng.uniform(-0.2, 0.1), float(rng.randrange(20)) / 8))
+            end = start + rng.choice((0.0, rng.uniform(0, 3), 1e-12, 0.125))
+            notes.append(Note(rng.randrange(128), rng.randrange(128), start, end, rng.randrange(3), rng.randrange(128)))
+        tempos = [Tempo(0.0, rng.choice((120.0, 90.0, 133.7)))] + [
+            Tempo(rng.uniform(0, 30), rng.choice((120.0, 60.0, 200.0))) for _ in range(rng.randrange(3))]
+        meters = [TimeSignature(rng.uniform(0, 30), rng.choice((4, 3)), 4) for _ in range(rng.randrange(3))]
+        total = max([0.0] + [n.end_time for n in notes])
+        yield NoteSequence(notes=notes, tempos=tempos, time_signatures=meters, total_time=total)
+
+
+def test_c_note_helpers_match_the_python_code(monkeypatch):
+    """split_on_time_changes and quantize give identical sequences with and without the C helpers."""
+    from musicvae.data import sequences
+
+    def run(ns):
+        out = []
+        for piece in sequences.split_on_time_changes(ns) + [ns]:
+            try:
+                q = sequences.quantize(piece)
+            except sequences.QuantizationError as e:
+                q = type(e).__name__
+            out.append((_key(piece), q if isinstance(q, str) else _key(q)))
+        return out
+
+    seqs = list(_random_sequences(7, 400)) + [read_midi(p) for p in FIXTURE_FILES]
+    fast = [run(ns) for ns in seqs]
+    monkeypatch.setattr(sequences, "_smf", None)
+    slow = [run(ns) for ns in seqs]
+    assert fast == slow
