@@ -233,6 +233,95 @@ static PyObject *shift_notes(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* melody_events(notes, begin, start_step, gap_steps) -> list of melody events, or None.
+ * The note loop of melody.melody_from_quantized over notes[begin:] (already ordered by start and
+ * descending pitch): skip drums and silent notes, keep the highest note per onset, stop at a
+ * gap of gap_steps, and write each note as pitch, NO_EVENT..., NOTE_OFF, truncating the events
+ * after an earlier note's end. None (for anything unusual: non-int fields, empty or reversed
+ * notes, huge steps) means "run the Python loop", which is the reference. */
+#define MEL_NO_EVENT (-2)
+#define MEL_NOTE_OFF (-1)
+#define MEL_MAX_STEPS (1LL << 26)
+#define NOTE_VELOCITY 1
+#define NOTE_IS_DRUM 6
+
+static int small_int(PyObject *o, long long lo, long long hi, long long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+static PyObject *melody_events(PyObject *self, PyObject *args) {
+    PyObject *notes;
+    Py_ssize_t begin;
+    long long start_step;
+    double gap_steps;
+    if (!PyArg_ParseTuple(args, "OnLd", &notes, &begin, &start_step, &gap_steps)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    if (begin < 0 || begin > n) Py_RETURN_NONE;
+    const long long lim = 1LL << 52;
+    if (start_step < -lim || start_step > lim) Py_RETURN_NONE;
+    int *ev = NULL;
+    long long len = 0, cap = 0, last_on = 0, last_off = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = begin; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        PyObject *drum = note_slot(note, NOTE_IS_DRUM);
+        long long velocity, qs, qe, pitch;
+        if (drum != Py_True && drum != Py_False) goto fallback;
+        if (!small_int(note_slot(note, NOTE_VELOCITY), LLONG_MIN, LLONG_MAX, &velocity)) goto fallback;
+        if (drum == Py_True || velocity == 0) continue;
+        if (!small_int(note_slot(note, NOTE_QSTART), -lim, lim, &qs)) goto fallback;
+        if (!small_int(note_slot(note, NOTE_QEND), -lim, lim, &qe)) goto fallback;
+        if (!small_int(note_slot(note, NOTE_PITCH), 0, INT_MAX, &pitch)) goto fallback;
+        long long start = qs - start_step, end = qe - start_step;
+        if (len > 0) {
+            if (start == last_on) continue;
+            if ((double)(start - last_off) >= gap_steps) break;
+        }
+        if (!(end > start) || start < 0 || end >= MEL_MAX_STEPS) goto fallback;
+        if (end + 1 > cap) {
+            long long ncap = cap ? cap : 64;
+            while (ncap < end + 1) ncap *= 2;
+            int *nev = PyMem_Realloc(ev, (size_t)ncap * sizeof(int));
+            if (nev == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            ev = nev;
+            cap = ncap;
+        }
+        for (long long k = len; k < end + 1; k++) ev[k] = MEL_NO_EVENT; /* padding (extend) */
+        len = end + 1;                                                   /* or truncation */
+        ev[start] = (int)pitch;
+        for (long long k = start + 1; k < end; k++) ev[k] = MEL_NO_EVENT;
+        ev[end] = MEL_NOTE_OFF;
+        last_on = start;
+        last_off = end;
+    }
+    result = PyList_New((Py_ssize_t)len);
+    if (result == NULL) goto done;
+    for (long long k = 0; k < len; k++) {
+        PyObject *v = PyLong_FromLong(ev[k]);
+        if (v == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)k, v);
+    }
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(ev);
+    return result;
+}
+
 /* ---- growable arrays ----------------------------------------------------------------- */
 typedef struct {
     char *data;
@@ -773,6 +862,8 @@ static PyMethodDef methods[] = {
      "quantize_notes(notes, steps_per_second) -> (quantized copies, max end step) or None"},
     {"shift_notes", shift_notes, METH_VARARGS,
      "shift_notes(notes, offset, limit) -> copies moved by -offset, ends clipped at limit, or None"},
+    {"melody_events", melody_events, METH_VARARGS,
+     "melody_events(notes, begin, start_step, gap_steps) -> melody events of notes[begin:], or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from musicvae.data.converter import OUTPUT_VELOCITY, ConverterTensors, DataConverter, maybe_sample_items, np_onehot
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo
-from musicvae.data.sequences import QuantizationError, quantize, steps_per_bar
+from musicvae.data.sequences import QuantizationError, _smf, quantize, steps_per_bar
 
 NOTE_OFF = -1
 NO_EVENT = -2
@@ -139,16 +139,42 @@ def melody_from_quantized(
             (n for n in qns.notes if n.instrument == instrument and n.quantized_start_step >= search_start_step),
             key=_melody_order,
         )
+        begin = 0
     else:
-        notes = ordered_notes[bisect_left(ordered_notes, search_start_step, key=_quantized_start) :]
-    if not notes:
+        notes = ordered_notes
+        begin = bisect_left(ordered_notes, search_start_step, key=_quantized_start)
+    if begin == len(notes):
         melody.start_step = search_start_step
         return melody
-    start_step = notes[0].quantized_start_step - (notes[0].quantized_start_step - search_start_step) % bar_steps
+    first = notes[begin].quantized_start_step
+    start_step = first - (first - search_start_step) % bar_steps
     gap_steps = gap_bars * bar_steps
+    fast = None
+    exact_gap = type(gap_steps) is float or (type(gap_steps) is int and abs(gap_steps) < 2**53)
+    if _smf is not None and type(start_step) is int and exact_gap:
+        fast = _smf.melody_events(notes, begin, start_step, float(gap_steps))
+    if fast is not None:
+        events = melody.events = fast
+    else:
+        events = _melody_loop(melody, notes, begin, start_step, gap_steps)
+    if not events:
+        melody.start_step = search_start_step
+        return melody
+    melody.start_step = start_step
+    if events[-1] == NOTE_OFF:
+        del events[-1]
+    length = len(events)
+    if pad_end:
+        length += -length % bar_steps
+    melody.set_length(length)
+    return melody
+
+
+def _melody_loop(melody: Melody, notes: list[Note], begin: int, start_step: int, gap_steps: float) -> list[int]:
+    """The note loop of melody_from_quantized (the reference for _smf.melody_events)."""
     events = melody.events
     last_on = last_off = 0
-    for note in notes:
+    for note in notes[begin:]:
         if note.is_drum or not note.velocity:
             continue
         start = note.quantized_start_step - start_step
@@ -172,18 +198,9 @@ def melody_from_quantized(
             last_on, last_off = start, end
         else:  # not produced by quantize; keep the general code path and its errors
             melody._add_note(note.pitch, start, end)
+            events = melody.events
             last_on, last_off = melody._last_on_off()
-    if not events:
-        melody.start_step = search_start_step
-        return melody
-    melody.start_step = start_step
-    if events[-1] == NOTE_OFF:
-        del events[-1]
-    length = len(events)
-    if pad_end:
-        length += -length % bar_steps
-    melody.set_length(length)
-    return melody
+    return events
 
 
 def extract_melodies(qns: NoteSequence, gap_bars: float, max_steps_truncate: int | None, pad_end: bool = True) -> list[Melody]:
@@ -266,7 +283,11 @@ class OneHotMelodyConverter(DataConverter):
         return self.min_pitch <= note.pitch <= self.max_pitch
 
     def _to_tensors_fn(self, ns: NoteSequence) -> ConverterTensors:
-        ns = ns.with_notes([n for n in ns.notes if self._is_valid(n)])
+        lo, hi, programs = self.min_pitch, self.max_pitch, self.valid_programs
+        if programs is None:
+            ns = ns.with_notes([n for n in ns.notes if lo <= n.pitch <= hi])
+        else:
+            ns = ns.with_notes([n for n in ns.notes if n.program in programs and lo <= n.pitch <= hi])
         try:
             qns = quantize(ns, self.steps_per_quarter)
         except QuantizationError:

@@ -20,6 +20,7 @@ else:
     _smf.set_note_type(Note)
 
 _start_time = attrgetter("start_time")
+_end_time = attrgetter("end_time")
 
 QUANTIZE_CUTOFF = 0.5
 
@@ -55,7 +56,19 @@ def _extract_subsequences(ns: NoteSequence, split_times: list[float]) -> list[No
     # Assign the (start-sorted) notes to pieces, then copy them moved to the piece's origin.
     members: list[list[Note]] = [[] for _ in range(n_parts)]
     index = -1
-    for note in sorted(ns.notes, key=_start_time):
+    ordered = sorted(ns.notes, key=_start_time)
+    if n_parts == 1:  # the common case, the loop below specialised (members[-1] is members[0])
+        first, last = split_times
+        append = members[0].append
+        for note in ordered:
+            t = note.start_time
+            if t < first:
+                continue
+            if t >= last:
+                break
+            append(note)
+        ordered = []
+    for note in ordered:
         if note.start_time < split_times[0]:
             continue
         while index < n_parts and note.start_time >= split_times[index + 1]:
@@ -73,9 +86,11 @@ def _extract_subsequences(ns: NoteSequence, split_times: list[float]) -> list[No
                 replace(n, start_time=n.start_time - offset, end_time=min(n.end_time, limit) - offset) for n in notes
             ]
         part.notes = shifted
-        for n in shifted:
-            if n.end_time > part.total_time:
-                part.total_time = n.end_time
+        total = part.total_time
+        for end in map(_end_time, shifted):
+            if end > total:
+                total = end
+        part.total_time = total
 
     # Stateful events: the one in force at a boundary is repeated at time 0 of the next piece.
     for events, attr in ((ns.time_signatures, "time_signatures"), (ns.tempos, "tempos")):

@@ -356,3 +356,31 @@ def test_c_note_helpers_match_the_python_code(monkeypatch):
     monkeypatch.setattr(sequences, "_smf", None)
     slow = [run(ns) for ns in seqs]
     assert fast == slow
+
+
+def test_c_melody_loop_matches_the_python_code(monkeypatch):
+    """extract_melodies gives identical melodies with and without _smf.melody_events."""
+    from musicvae.data import melody, sequences
+
+    def run(ns):
+        out = []
+        for piece in sequences.split_on_time_changes(ns):
+            try:
+                q = sequences.quantize(piece)
+            except sequences.QuantizationError:
+                continue
+            for gap in (1.0, float("inf"), 2):
+                for m in melody.extract_melodies(q, gap, 64):
+                    out.append((gap, m.start_step, list(m.events)))
+        return out
+
+    seqs = list(_random_sequences(11, 300)) + [read_midi(p) for p in FIXTURE_FILES]
+    for ns in seqs[:150]:  # some drums and silent notes too
+        for n in ns.notes[::3]:
+            n.is_drum, n.velocity = True, n.velocity
+        for n in ns.notes[1::5]:
+            n.velocity = 0
+    fast = [run(ns) for ns in seqs]
+    assert sum(map(len, fast)) > 300
+    monkeypatch.setattr(melody, "_smf", None)
+    assert [run(ns) for ns in seqs] == fast
