@@ -10,7 +10,6 @@ Decoding writes each class as its first ("exemplar") pitch, one step long.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -221,8 +220,14 @@ class DrumsConverter(DataConverter):
         # Map to classes first, so extraction groups and dedupes classes rather than pitches.
         # total_quantized_steps keeps counting every note, as in Magenta.
         class_map = self.pitch_class_map
+        # (Note(...) with every field is dataclasses.replace(n, pitch=...), ten times faster)
         qns = qns.with_notes(
-            [replace(n, pitch=class_map[n.pitch]) for n in qns.notes if n.is_drum and n.pitch in class_map]
+            [
+                Note(class_map[n.pitch], n.velocity, n.start_time, n.end_time, n.instrument, n.program, n.is_drum,
+                     n.quantized_start_step, n.quantized_end_step)
+                for n in qns.notes
+                if n.is_drum and n.pitch in class_map
+            ]
         )
         tracks = extract_drum_tracks(qns, self.gap_bars, self.max_steps_truncate)
         if self.pad_to_total_time:
