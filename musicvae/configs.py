@@ -13,13 +13,16 @@ import ast
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from musicvae.data.converter import DataConverter
 from musicvae.data.drums import FULL_DRUM_PITCH_CLASSES, REDUCED_DRUM_PITCH_CLASSES, DrumsConverter
 from musicvae.data.groove import ROLAND_DRUM_PITCH_CLASSES, GrooveConverter
 from musicvae.data.melody import OneHotMelodyConverter
 from musicvae.data.trio import TrioConverter
+
+if TYPE_CHECKING:
+    import torch
 
 MEL_PROGRAMS = range(0, 32)  # piano, chromatic percussion, organ, guitar
 
@@ -131,6 +134,12 @@ class Config:
     def new_converter(self) -> DataConverter:
         """A converter of its own (modes and random state are per instance)."""
         return self.converter_factory()
+
+    def build_model(self) -> torch.nn.Module:
+        """The `musicvae.nn.vae.MusicVAE` for this config (torch is imported only here)."""
+        from musicvae.nn.vae import MusicVAE
+
+        return MusicVAE.from_config(self)
 
     def with_hparams(self, text_or_values: str | dict[str, Any]) -> Config:
         new = copy.copy(self)
