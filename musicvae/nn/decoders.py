@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,22 +87,39 @@ class Decoder(nn.Module, abc.ABC):
     rnn_output_depth: int  # width of the output layer
 
     @abc.abstractmethod
-    def rnn_output(self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0) -> Tensor: ...
+    def rnn_output(
+        self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0
+    ) -> Tensor: ...
 
     @abc.abstractmethod
-    def loss_and_stats(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1) -> tuple[Tensor, Stats]: ...
+    def loss_and_stats(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1
+    ) -> tuple[Tensor, Stats]: ...
 
     @abc.abstractmethod
     def sample(
-        self, z: Tensor, length: int, temperature: float | None = 1.0, controls: Tensor | None = None, start_inputs: Tensor | None = None
+        self,
+        z: Tensor,
+        length: int,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+        start_inputs: Tensor | None = None,
     ) -> DecodeResult:
         """Decode freely for `length` steps; temperature None means greedy (argmax / thresholds)."""
 
     def reconstruction_loss(
-        self, x_input: Tensor, x_target: Tensor, lengths: Tensor, z: Tensor, controls: Tensor | None = None, sampling_probability: float = 0.0
+        self,
+        x_input: Tensor,
+        x_target: Tensor,
+        lengths: Tensor,
+        z: Tensor,
+        controls: Tensor | None = None,
+        sampling_probability: float = 0.0,
     ) -> DecoderOutput:
         rnn_output = self.rnn_output(x_input, z, controls, sampling_probability)
-        r_loss, metrics = self.loss_and_stats(rnn_output, x_target, _sequence_mask(lengths, x_target.shape[1]))
+        r_loss, metrics = self.loss_and_stats(
+            rnn_output, x_target, _sequence_mask(lengths, x_target.shape[1])
+        )
         return DecoderOutput(r_loss, rnn_output, metrics)
 
 
@@ -114,7 +131,13 @@ class BaseLstmDecoder(Decoder):
     """
 
     def __init__(
-        self, output_depth: int, z_size: int, control_depth: int, rnn_sizes: Sequence[int], keep_prob: float = 1.0, rnn_output_depth: int | None = None
+        self,
+        output_depth: int,
+        z_size: int,
+        control_depth: int,
+        rnn_sizes: Sequence[int],
+        keep_prob: float = 1.0,
+        rnn_output_depth: int | None = None,
     ) -> None:
         super().__init__()
         self.output_depth = output_depth
@@ -128,18 +151,24 @@ class BaseLstmDecoder(Decoder):
         nn.init.zeros_(self.output_projection.bias)
 
     @abc.abstractmethod
-    def _step_loss(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int) -> tuple[Tensor, Stats]:
+    def _step_loss(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int
+    ) -> tuple[Tensor, Stats]:
         """Per-step loss [B, T] (padding is masked by the caller) and metric statistics."""
 
     @abc.abstractmethod
     def _sample(self, rnn_output: Tensor, temperature: float | None) -> Tensor:
         """One step's sample [B, output_depth] from its output-layer values [B, D']."""
 
-    def loss_and_stats(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1) -> tuple[Tensor, Stats]:
+    def loss_and_stats(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1
+    ) -> tuple[Tensor, Stats]:
         step_loss, stats = self._step_loss(rnn_output, x_target, mask, segments)
         return step_loss.masked_fill(~mask, 0.0).sum(dim=1), stats
 
-    def rnn_output(self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0) -> Tensor:
+    def rnn_output(
+        self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0
+    ) -> Tensor:
         aux = self._aux_inputs(z, controls, x_input.shape[1])
         if sampling_probability == 0.0:  # teacher forcing: the whole sequence in one fused call
             out, _ = self.lstm(torch.cat([x_input, aux], dim=-1), self._initial_state(z))
@@ -158,11 +187,18 @@ class BaseLstmDecoder(Decoder):
         return self._decode_stepwise(z, aux, x_input[:, 0], choose)[0]
 
     def sample(
-        self, z: Tensor, length: int, temperature: float | None = 1.0, controls: Tensor | None = None, start_inputs: Tensor | None = None
+        self,
+        z: Tensor,
+        length: int,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+        start_inputs: Tensor | None = None,
     ) -> DecodeResult:
         aux = self._aux_inputs(z, controls, length)
         first = start_inputs if start_inputs is not None else z.new_zeros(z.shape[0], self.output_depth)
-        rnn_output, samples = self._decode_stepwise(z, aux, first, lambda t, out: self._sample(out, temperature).to(z.dtype))
+        rnn_output, samples = self._decode_stepwise(
+            z, aux, first, lambda t, out: self._sample(out, temperature).to(z.dtype)
+        )
         return DecodeResult(samples, rnn_output)
 
     def _initial_state(self, z: Tensor) -> LstmState:
@@ -171,7 +207,11 @@ class BaseLstmDecoder(Decoder):
     def _aux_inputs(self, z: Tensor, controls: Tensor | None, length: int) -> Tensor:
         """[z ‖ control] for every step: [B, length, z_size + control_depth]."""
         repeated_z = z[:, None].expand(-1, length, -1)
-        return repeated_z if controls is None else torch.cat([repeated_z, controls[:, :length].to(z.dtype)], dim=-1)
+        return (
+            repeated_z
+            if controls is None
+            else torch.cat([repeated_z, controls[:, :length].to(z.dtype)], dim=-1)
+        )
 
     def _decode_stepwise(
         self, z: Tensor, aux: Tensor, first_input: Tensor, choose: Callable[[int, Tensor], Tensor]
@@ -217,7 +257,9 @@ def _categorical_sample(logits: Tensor, temperature: float | None) -> Tensor:
 class CategoricalLstmDecoder(BaseLstmDecoder):
     """One softmax over output_depth classes per step; loss = softmax cross-entropy."""
 
-    def _step_loss(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int) -> tuple[Tensor, Stats]:
+    def _step_loss(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int
+    ) -> tuple[Tensor, Stats]:
         step_loss = -(x_target * F.log_softmax(rnn_output.float(), dim=-1)).sum(dim=-1)
         return step_loss, categorical_stats(rnn_output, x_target, mask, segments)
 
@@ -232,11 +274,20 @@ class MultiOutCategoricalLstmDecoder(BaseLstmDecoder):
     as `<metric>/output_<i>`.
     """
 
-    def __init__(self, output_depths: Sequence[int], z_size: int, control_depth: int, rnn_sizes: Sequence[int], keep_prob: float = 1.0) -> None:
+    def __init__(
+        self,
+        output_depths: Sequence[int],
+        z_size: int,
+        control_depth: int,
+        rnn_sizes: Sequence[int],
+        keep_prob: float = 1.0,
+    ) -> None:
         super().__init__(sum(output_depths), z_size, control_depth, rnn_sizes, keep_prob)
         self.output_depths = list(output_depths)
 
-    def _step_loss(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int) -> tuple[Tensor, Stats]:
+    def _step_loss(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int
+    ) -> tuple[Tensor, Stats]:
         step_loss, stats = 0.0, {}
         parts = zip(rnn_output.split(self.output_depths, -1), x_target.split(self.output_depths, -1))
         for i, (logits, target) in enumerate(parts):
@@ -246,7 +297,9 @@ class MultiOutCategoricalLstmDecoder(BaseLstmDecoder):
         return step_loss, stats
 
     def _sample(self, rnn_output: Tensor, temperature: float | None) -> Tensor:
-        return torch.cat([_categorical_sample(part, temperature) for part in rnn_output.split(self.output_depths, -1)], -1)
+        return torch.cat(
+            [_categorical_sample(part, temperature) for part in rnn_output.split(self.output_depths, -1)], -1
+        )
 
 
 class SplitMultiOutDecoder(Decoder):
@@ -264,13 +317,21 @@ class SplitMultiOutDecoder(Decoder):
         self.output_depth = sum(self.output_depths)
         self.rnn_output_depth = sum(self.rnn_output_depths)
 
-    def rnn_output(self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0) -> Tensor:
+    def rnn_output(
+        self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0
+    ) -> Tensor:
         parts = x_input.split(self.output_depths, -1)
-        return torch.cat([core.rnn_output(x, z, controls, sampling_probability) for core, x in zip(self.cores, parts)], -1)
+        return torch.cat(
+            [core.rnn_output(x, z, controls, sampling_probability) for core, x in zip(self.cores, parts)], -1
+        )
 
-    def loss_and_stats(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1) -> tuple[Tensor, Stats]:
+    def loss_and_stats(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1
+    ) -> tuple[Tensor, Stats]:
         r_loss, stats = 0.0, {}
-        parts = zip(self.cores, rnn_output.split(self.rnn_output_depths, -1), x_target.split(self.output_depths, -1))
+        parts = zip(
+            self.cores, rnn_output.split(self.rnn_output_depths, -1), x_target.split(self.output_depths, -1)
+        )
         for i, (core, output, target) in enumerate(parts):
             loss, core_stats = core.loss_and_stats(output, target, mask, segments)
             r_loss = r_loss + loss
@@ -278,11 +339,21 @@ class SplitMultiOutDecoder(Decoder):
         return r_loss, stats
 
     def sample(
-        self, z: Tensor, length: int, temperature: float | None = 1.0, controls: Tensor | None = None, start_inputs: Tensor | None = None
+        self,
+        z: Tensor,
+        length: int,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+        start_inputs: Tensor | None = None,
     ) -> DecodeResult:
-        starts = start_inputs.split(self.output_depths, -1) if start_inputs is not None else [None] * len(self.cores)
+        starts = (
+            start_inputs.split(self.output_depths, -1)
+            if start_inputs is not None
+            else [None] * len(self.cores)
+        )
         return DecodeResult.cat(
-            [core.sample(z, length, temperature, controls, start) for core, start in zip(self.cores, starts)], dim=-1
+            [core.sample(z, length, temperature, controls, start) for core, start in zip(self.cores, starts)],
+            dim=-1,
         )
 
 
@@ -297,10 +368,19 @@ class HierarchicalLstmDecoder(Decoder):
     batch); when sampling, segment u starts from segment u−1's last sample.
     """
 
-    def __init__(self, core: Decoder, level_lengths: Sequence[int], z_size: int, rnn_sizes: Sequence[int], keep_prob: float = 1.0) -> None:
+    def __init__(
+        self,
+        core: Decoder,
+        level_lengths: Sequence[int],
+        z_size: int,
+        rnn_sizes: Sequence[int],
+        keep_prob: float = 1.0,
+    ) -> None:
         super().__init__()
         if len(level_lengths) != 2:
-            raise ValueError(f"only two-level hierarchies are supported, got level_lengths={list(level_lengths)}")
+            raise ValueError(
+                f"only two-level hierarchies are supported, got level_lengths={list(level_lengths)}"
+            )
         self.num_segments, self.segment_length = level_lengths
         self.conductor = LstmStack(1, rnn_sizes, keep_prob)
         self.conductor_initial_state = nn.Linear(z_size, self.conductor.state_size)
@@ -315,7 +395,9 @@ class HierarchicalLstmDecoder(Decoder):
         out, _ = self.conductor(z.new_zeros(z.shape[0], self.num_segments, 1), state)
         return out
 
-    def rnn_output(self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0) -> Tensor:
+    def rnn_output(
+        self, x_input: Tensor, z: Tensor, controls: Tensor | None, sampling_probability: float = 0.0
+    ) -> Tensor:
         batch, total, _ = x_input.shape
         self._check_length(total)
 
@@ -323,15 +405,24 @@ class HierarchicalLstmDecoder(Decoder):
             return t.reshape(batch * self.num_segments, self.segment_length, t.shape[-1])
 
         c = self.embeddings(z).flatten(0, 1)
-        out = self.core.rnn_output(by_segment(x_input), c, None if controls is None else by_segment(controls), sampling_probability)
+        out = self.core.rnn_output(
+            by_segment(x_input), c, None if controls is None else by_segment(controls), sampling_probability
+        )
         return out.reshape(batch, total, -1)
 
-    def loss_and_stats(self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1) -> tuple[Tensor, Stats]:
+    def loss_and_stats(
+        self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1
+    ) -> tuple[Tensor, Stats]:
         # Summing each example's loss over all steps equals summing the segments' losses.
         return self.core.loss_and_stats(rnn_output, x_target, mask, self.num_segments)
 
     def sample(
-        self, z: Tensor, length: int, temperature: float | None = 1.0, controls: Tensor | None = None, start_inputs: Tensor | None = None
+        self,
+        z: Tensor,
+        length: int,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+        start_inputs: Tensor | None = None,
     ) -> DecodeResult:
         self._check_length(length)
         embeddings = self.embeddings(z)
@@ -340,9 +431,13 @@ class HierarchicalLstmDecoder(Decoder):
             span = slice(u * self.segment_length, (u + 1) * self.segment_length)
             start = results[-1].samples[:, -1] if results else start_inputs
             segment_controls = None if controls is None else controls[:, span]
-            results.append(self.core.sample(embeddings[:, u], self.segment_length, temperature, segment_controls, start))
+            results.append(
+                self.core.sample(embeddings[:, u], self.segment_length, temperature, segment_controls, start)
+            )
         return DecodeResult.cat(results, dim=1)
 
     def _check_length(self, length: int) -> None:
         if length != self.num_segments * self.segment_length:
-            raise ValueError(f"hierarchical decoder needs {self.num_segments}×{self.segment_length} steps, got {length}")
+            raise ValueError(
+                f"hierarchical decoder needs {self.num_segments}×{self.segment_length} steps, got {length}"
+            )

@@ -6,7 +6,7 @@ The μ/σ heads live in `MusicVAE`, as in Magenta (`encoder/mu`, `encoder/sigma`
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,9 @@ class HierarchicalLstmEncoder(nn.Module):
     or max_seq_len; other lengths here mark the bars past the end as partly or wholly padding.
     """
 
-    def __init__(self, input_size: int, sizes: Sequence[int], level_lengths: Sequence[int], keep_prob: float = 1.0) -> None:
+    def __init__(
+        self, input_size: int, sizes: Sequence[int], level_lengths: Sequence[int], keep_prob: float = 1.0
+    ) -> None:
         super().__init__()
         self.level_lengths = tuple(level_lengths)
         widths = [input_size] + [2 * sizes[-1]] * (len(level_lengths) - 1)
@@ -70,7 +72,9 @@ class HierarchicalLstmEncoder(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         batch, total, _ = x.shape
         if total != math.prod(self.level_lengths):
-            raise ValueError(f"hierarchical encoder needs sequences of {math.prod(self.level_lengths)} steps, got {total}")
+            raise ValueError(
+                f"hierarchical encoder needs sequences of {math.prod(self.level_lengths)} steps, got {total}"
+            )
         for level, (encoder, length) in enumerate(zip(self.levels, self.level_lengths)):
             splits = x.shape[1] // length
             if level == 0:
@@ -78,5 +82,7 @@ class HierarchicalLstmEncoder(nn.Module):
                 split_lengths = (lengths.to(x.device)[:, None] - starts).clamp(0, length)
             else:
                 split_lengths = torch.full((batch, splits), length, device=x.device)
-            x = encoder(x.reshape(batch * splits, length, -1), split_lengths.flatten()).view(batch, splits, -1)
+            x = encoder(x.reshape(batch * splits, length, -1), split_lengths.flatten()).view(
+                batch, splits, -1
+            )
         return x[:, 0]

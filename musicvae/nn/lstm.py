@@ -27,7 +27,8 @@ i.e. the next layer's input) is exactly that. The stack state is `LstmState(h, c
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,9 @@ class LstmLayer(nn.Module):
     def load_tf_(self, kernel: Tensor, bias: Tensor) -> None:
         """Copy a TF `LSTMBlockCell` kernel [in + n, 4n] and bias [4n] (gate order i, j, f, o)."""
         if tuple(kernel.shape) != (self.input_size + self.units, 4 * self.units):
-            raise ValueError(f"kernel shape {tuple(kernel.shape)} does not fit LSTM {self.input_size}->{self.units}")
+            raise ValueError(
+                f"kernel shape {tuple(kernel.shape)} does not fit LSTM {self.input_size}->{self.units}"
+            )
         order = [0, 2, 1, 3]  # TF (i, j, f, o) -> PyTorch (i, f, g=j, o)
         weight = kernel.t().unflatten(0, (4, self.units))[order].flatten(0, 1)
         self.weight_ih.copy_(weight[:, : self.input_size])

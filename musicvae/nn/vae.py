@@ -18,16 +18,19 @@ and in eval alike. `step` (the global step) drives β and the scheduled-sampling
 in eval mode (`model.eval()`) a non-zero sampling schedule becomes p = 1 and dropout is off.
 `decode`/`sample` accept temperature None for a greedy decode.
 
-Module paths against Magenta's TF variable scopes (spec §10; LSTM kernels: see
-`musicvae.nn.lstm`; dense layers: weight = kernelᵀ):
+Magenta's TF variable scopes and the matching module paths (spec §10; LSTM kernels map as
+described in `musicvae.nn.lstm`; a dense kernel is the transposed `weight`):
 
-    encoder/cell_ℓ/bidirectional_rnn/{fw,bw}/…/lstm_cell      encoder.{fw,bw}[ℓ].layers[0]
-    encoder/hierarchical_level_k/cell_ℓ/…                      encoder.levels[k].{fw,bw}[ℓ].layers[0]
-    encoder/mu, encoder/sigma                                  mu, sigma
-    decoder/z_to_initial_state, decoder/multi_rnn_cell/cell_k, decoder/output_projection
-                                                               decoder.{z_to_initial_state, lstm.layers[k], output_projection}
-    decoder/hierarchical_level_0/initial_state, …/cell_k       decoder.conductor_initial_state, decoder.conductor.layers[k]
-    core_decoder/… (trio: core_decoder/core_decoder_i/…)       decoder.core.… (trio: decoder.core.cores[i].…)
+    encoder/cell_ℓ/bidirectional_rnn/{fw,bw}/…       encoder.{fw,bw}[ℓ].layers[0]
+    encoder/hierarchical_level_k/cell_ℓ/…            encoder.levels[k].{fw,bw}[ℓ].layers[0]
+    encoder/{mu,sigma}                               {mu,sigma}
+    decoder/z_to_initial_state                       decoder.z_to_initial_state
+    decoder/multi_rnn_cell/cell_k/lstm_cell          decoder.lstm.layers[k]
+    decoder/output_projection                        decoder.output_projection
+    decoder/hierarchical_level_0/initial_state       decoder.conductor_initial_state
+    decoder/hierarchical_level_0/cell_k/lstm_cell    decoder.conductor.layers[k]
+    core_decoder/decoder/…                           decoder.core.…
+    core_decoder/core_decoder_i/decoder/… (trio)     decoder.core.cores[i].…
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from torch import Tensor, nn
 from musicvae.configs import HParams, ModelSpec
 from musicvae.nn.decoders import (
     CategoricalLstmDecoder,
-    DecodeResult,
     Decoder,
+    DecodeResult,
     HierarchicalLstmDecoder,
     MultiOutCategoricalLstmDecoder,
     SplitMultiOutDecoder,
@@ -104,7 +107,9 @@ class MusicVAE(nn.Module):
             _build_decoder(config.model, hp, converter.output_depth, converter.control_depth),
         )
 
-    def encode(self, inputs: Tensor, lengths: Tensor, controls: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode(
+        self, inputs: Tensor, lengths: Tensor, controls: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Posterior q(z|x) = N(mu, diag(sigma²)); controls are appended to the inputs depthwise."""
         x = inputs.to(self.mu.weight.dtype)
         if controls is not None:
@@ -112,7 +117,9 @@ class MusicVAE(nn.Module):
         h = self.encoder(x, lengths)
         return self.mu(h), F.softplus(self.sigma(h))
 
-    def forward(self, inputs: Tensor, outputs: Tensor, controls: Tensor | None, lengths: Tensor, step: int = 0) -> MusicVAEOutput:
+    def forward(
+        self, inputs: Tensor, outputs: Tensor, controls: Tensor | None, lengths: Tensor, step: int = 0
+    ) -> MusicVAEOutput:
         hp = self.hparams
         dtype = self.mu.weight.dtype
         max_len = min(outputs.shape[1], hp.max_seq_len)
@@ -140,18 +147,31 @@ class MusicVAE(nn.Module):
             "losses/kl_bits": batch_mean_stats(kl / LN2),
             "losses/kl_beta": batch_mean_stats(loss.new_tensor(beta)),
         }
-        return MusicVAEOutput(loss, decoded.r_loss, kl, kl_cost, beta, p_sample, mu, sigma, z, decoded.rnn_output, metrics)
+        return MusicVAEOutput(
+            loss, decoded.r_loss, kl, kl_cost, beta, p_sample, mu, sigma, z, decoded.rnn_output, metrics
+        )
 
     @torch.no_grad()
     def decode(
-        self, z: Tensor, length: int | None = None, temperature: float | None = 1.0, controls: Tensor | None = None, start_inputs: Tensor | None = None
+        self,
+        z: Tensor,
+        length: int | None = None,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+        start_inputs: Tensor | None = None,
     ) -> DecodeResult:
         """Free-running decode of z [B, z_size] for `length` steps (default max_seq_len)."""
         length = length or self.hparams.max_seq_len
         return self.decoder.sample(z.to(self.mu.weight.dtype), length, temperature, controls, start_inputs)
 
     @torch.no_grad()
-    def sample(self, n: int, length: int | None = None, temperature: float | None = 1.0, controls: Tensor | None = None) -> DecodeResult:
+    def sample(
+        self,
+        n: int,
+        length: int | None = None,
+        temperature: float | None = 1.0,
+        controls: Tensor | None = None,
+    ) -> DecodeResult:
         """Draw z ~ N(0, I) for n sequences and decode them."""
         z = torch.randn(n, self.hparams.z_size, device=self.mu.weight.device, dtype=self.mu.weight.dtype)
         return self.decode(z, length, temperature, controls)
@@ -177,10 +197,17 @@ def _build_decoder(spec: ModelSpec, hp: HParams, output_depth: int, control_dept
         if kind not in ("multi_out_categorical", "split_multi_out"):
             raise ValueError(f"unknown decoder {kind!r}")
         if sum(spec.output_depths) != output_depth:
-            raise ValueError(f"output_depths {spec.output_depths} do not add up to the converter's {output_depth}")
+            raise ValueError(
+                f"output_depths {spec.output_depths} do not add up to the converter's {output_depth}"
+            )
         if kind == "multi_out_categorical":
-            return MultiOutCategoricalLstmDecoder(spec.output_depths, z_size, control_depth, hp.dec_rnn_size, keep)
-        cores = [CategoricalLstmDecoder(d, z_size, control_depth, hp.dec_rnn_size, keep) for d in spec.output_depths]
+            return MultiOutCategoricalLstmDecoder(
+                spec.output_depths, z_size, control_depth, hp.dec_rnn_size, keep
+            )
+        cores = [
+            CategoricalLstmDecoder(d, z_size, control_depth, hp.dec_rnn_size, keep)
+            for d in spec.output_depths
+        ]
         return SplitMultiOutDecoder(cores)
 
     if spec.decoder == "hierarchical":
