@@ -115,6 +115,7 @@ class LstmStack(nn.Module):
         """
         x = F.dropout(x, self.drop, self.training)
         weights = [w for layer in self.layers for w in layer.flat_weights()]
+        # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
         out, h, c = torch.lstm(
             x, (state.h, state.c), weights, True, self.num_layers, self.drop, self.training, False, True
         )

@@ -130,9 +130,12 @@ class MusicVAE(nn.Module):
         lengths = lengths.clamp(max=max_len)
 
         mu, sigma = self.encode(inputs, lengths, controls)
+        mu, sigma = mu.float(), sigma.float()  # z and the KL in full precision, also under autocast
         z = mu + sigma * torch.randn_like(sigma)
         p_sample = sampling_probability(hp, step, self.training)
-        decoded = self.decoder.reconstruction_loss(x_input, x_target, lengths, z, controls, p_sample)
+        decoded = self.decoder.reconstruction_loss(
+            x_input, x_target, lengths, z.to(dtype), controls, p_sample
+        )
 
         kl = (0.5 * (mu.square() + sigma.square() - 1.0) - torch.log(sigma)).sum(dim=-1)
         kl_cost = (kl - hp.free_bits * LN2).clamp(min=0.0)
