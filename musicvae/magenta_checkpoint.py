@@ -45,6 +45,8 @@ __all__ = [
     "resolve_checkpoint",
     "crc32c",
     "masked_crc32c",
+    "load_magenta_weights",
+    "magenta_variable_map",
 ]
 
 
@@ -679,3 +681,177 @@ def list_variables(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, .
     """{name: (dtype name, shape)} of every tensor, without reading tensor data."""
     with CheckpointReader(path, verify=True) as reader:
         return reader.variables()
+
+
+# ------------------------------------------------------------------------------------------------
+# Mapping onto musicvae.nn.MusicVAE
+# ------------------------------------------------------------------------------------------------
+
+# Checkpoint entries that are not model weights: optimizer slots and counters.
+_IGNORED = re.compile(r"(^|/)(global_step|beta1_power|beta2_power)$|/Adam(_\d+)?$")
+
+
+def _is_ignored(name: str) -> bool:
+    return bool(_IGNORED.search(name))
+
+
+class _Plan:
+    """TF variable name -> (expected TF shape, function copying the numpy value into the model)."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, tuple[tuple[int, ...], Any]] = {}
+        self.unsupported: list[str] = []
+
+    def add(self, name: str, shape: tuple[int, ...], copy: Any) -> None:
+        if name in self.targets:
+            raise RuntimeError(f"variable {name} mapped twice")
+        self.targets[name] = (tuple(int(s) for s in shape), copy)
+
+    def dense(self, scope: str, linear: Any) -> None:
+        import torch
+
+        def kernel(value: np.ndarray) -> None:
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(value.T)))
+
+        def bias(value: np.ndarray) -> None:
+            linear.bias.copy_(torch.from_numpy(value))
+
+        out_features, in_features = linear.weight.shape
+        self.add(f"{scope}/kernel", (in_features, out_features), kernel)
+        self.add(f"{scope}/bias", (out_features,), bias)
+
+    def lstm(self, scope: str, layer: Any) -> None:
+        """One LSTMBlockCell: `<scope>/kernel` [in + n, 4n] and `<scope>/bias` [4n]."""
+        import torch
+
+        pending: dict[str, np.ndarray] = {}
+
+        def part(which: str):
+            def copy(value: np.ndarray) -> None:
+                pending[which] = value
+                if len(pending) == 2:  # load_tf_ wants kernel and bias together
+                    layer.load_tf_(torch.from_numpy(pending["kernel"]), torch.from_numpy(pending["bias"]))
+
+            return copy
+
+        self.add(f"{scope}/kernel", (layer.input_size + layer.units, 4 * layer.units), part("kernel"))
+        self.add(f"{scope}/bias", (4 * layer.units,), part("bias"))
+
+    def lstm_stack(self, scope: str, stack: Any, multi_rnn_cell: bool = True) -> None:
+        """`<scope>/[multi_rnn_cell/]cell_k/lstm_cell` for every layer k of an LstmStack."""
+        inner = "multi_rnn_cell/" if multi_rnn_cell else ""
+        for k, layer in enumerate(stack.layers):
+            self.lstm(f"{scope}/{inner}cell_{k}/lstm_cell", layer)
+
+
+def _plan_encoder(plan: _Plan, scope: str, encoder: Any) -> None:
+    from musicvae.nn.encoders import BidirectionalLstmEncoder, HierarchicalLstmEncoder
+
+    if isinstance(encoder, BidirectionalLstmEncoder):
+        # stack_bidirectional_dynamic_rnn: <scope>/cell_ℓ/bidirectional_rnn/{fw,bw}/<MultiRNNCell of one layer>
+        for ell, (fw, bw) in enumerate(zip(encoder.fw, encoder.bw)):
+            for direction, stack in (("fw", fw), ("bw", bw)):
+                plan.lstm_stack(f"{scope}/cell_{ell}/bidirectional_rnn/{direction}", stack)
+    elif isinstance(encoder, HierarchicalLstmEncoder):
+        for k, level in enumerate(encoder.levels):
+            _plan_encoder(plan, f"{scope}/hierarchical_level_{k}", level)
+    else:
+        plan.unsupported.append(f"encoder {type(encoder).__name__}")
+
+
+def _plan_decoder(plan: _Plan, scope: str, decoder: Any) -> None:
+    """`scope` is the variable scope the decoder was built in ('' at the top level)."""
+    from musicvae.nn.decoders import BaseLstmDecoder, HierarchicalLstmDecoder, SplitMultiOutDecoder
+
+    prefix = f"{scope}/" if scope else ""
+    if isinstance(decoder, HierarchicalLstmDecoder):
+        # Conductor: scope decoder/hierarchical_level_0, the MultiRNNCell called with that scope
+        # (so no multi_rnn_cell/ level), initial state dense named initial_state.
+        level = f"{prefix}decoder/hierarchical_level_0"
+        plan.dense(f"{level}/initial_state", decoder.conductor_initial_state)
+        plan.lstm_stack(level, decoder.conductor, multi_rnn_cell=False)
+        _plan_decoder(plan, f"{prefix}core_decoder", decoder.core)
+    elif isinstance(decoder, SplitMultiOutDecoder):
+        for i, core in enumerate(decoder.cores):
+            _plan_decoder(plan, f"{prefix}core_decoder_{i}", core)
+    elif isinstance(decoder, BaseLstmDecoder):
+        # BaseLstmDecoder: dynamic_decode(scope='decoder') -> decoder/multi_rnn_cell/cell_k/lstm_cell,
+        # decoder/output_projection; initial state dense named decoder/z_to_initial_state.
+        plan.dense(f"{prefix}decoder/z_to_initial_state", decoder.z_to_initial_state)
+        plan.lstm_stack(f"{prefix}decoder", decoder.lstm)
+        plan.dense(f"{prefix}decoder/output_projection", decoder.output_projection)
+        extra = getattr(decoder, "magenta_variables", None)  # decoder-specific extras (e.g. NADE), if any
+        if callable(extra):
+            for name, (shape, copy) in extra(f"{prefix}decoder").items():
+                plan.add(name, shape, copy)
+    else:
+        plan.unsupported.append(f"decoder {type(decoder).__name__}")
+
+
+def magenta_variable_map(model: Any) -> dict[str, tuple[int, ...]]:
+    """{TF variable name: TF shape} that a checkpoint must hold to fill `model` (a MusicVAE)."""
+    plan = _build_plan(model)
+    return {name: shape for name, (shape, _) in sorted(plan.targets.items())}
+
+
+def _build_plan(model: Any) -> _Plan:
+    plan = _Plan()
+    _plan_encoder(plan, "encoder", model.encoder)
+    plan.dense("encoder/mu", model.mu)
+    plan.dense("encoder/sigma", model.sigma)
+    _plan_decoder(plan, "", model.decoder)
+    if plan.unsupported:
+        raise CheckpointError(f"cannot map Magenta weights onto {', '.join(plan.unsupported)} (not supported yet)")
+    return plan
+
+
+def _describe(config: Any) -> str:
+    if config is None:
+        return "the model"
+    hp = getattr(config, "hparams", None)
+    name = getattr(config, "name", "?")
+    if hp is None:
+        return f"config {name!r}"
+    return (f"config {name!r} (enc_rnn_size={list(hp.enc_rnn_size)}, dec_rnn_size={list(hp.dec_rnn_size)}, "
+            f"z_size={hp.z_size})")
+
+
+def load_magenta_weights(model: Any, variables: dict[str, np.ndarray] | str | os.PathLike, config: Any = None) -> None:
+    """Copy a Magenta MusicVAE checkpoint's weights into `model` (a `musicvae.nn.MusicVAE`).
+
+    `variables`: `read_checkpoint(...)`'s dict, or anything `read_checkpoint` accepts. `config`: the
+    `Config` the model was built from (used to explain mismatches). Optimizer slots (`*/Adam`,
+    `*/Adam_1`), `beta1_power`, `beta2_power` and `global_step` are ignored. Every other variable
+    must be consumed and every model weight must be present with the right shape; otherwise a
+    `CheckpointError` lists the missing, unexpected and mis-shaped variables and nothing is copied.
+
+    Mapping (TF scope -> module): see `musicvae.nn.vae`'s docstring. Dense kernels are transposed
+    into `nn.Linear.weight`; LSTMBlockCell kernels/biases go through `LstmLayer.load_tf_` (gate
+    reorder (i, j, f, o) -> (i, f, g, o), split into weight_ih / weight_hh; forget bias not stored).
+    """
+    import torch
+
+    if not isinstance(variables, dict):
+        variables = read_checkpoint(variables)
+    plan = _build_plan(model)
+    missing = sorted(set(plan.targets) - set(variables))
+    unexpected = sorted(k for k in variables if k not in plan.targets and not _is_ignored(k))
+    wrong = []
+    for name, (shape, _) in sorted(plan.targets.items()):
+        if name in variables:
+            value = np.asarray(variables[name])
+            if tuple(value.shape) != shape:
+                wrong.append(f"{name}: checkpoint {list(value.shape)}, model expects {list(shape)}")
+            elif not np.issubdtype(value.dtype, np.floating):
+                wrong.append(f"{name}: dtype {value.dtype}, expected a float tensor")
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint does not fit {_describe(config)}:"]
+        for title, items in (("missing variables", missing), ("unexpected variables", unexpected),
+                             ("wrong shapes", wrong)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items)
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for name, (_, copy) in plan.targets.items():
+            copy(np.array(variables[name], copy=True))  # writable, so torch.from_numpy does not warn
