@@ -124,16 +124,19 @@ class Config:
     name: str
     model: ModelSpec
     hparams: HParams
-    converter_factory: Callable[[], DataConverter] = field(repr=False)
+    converter_factory: Callable[..., DataConverter] = field(repr=False)
     transpose_range: tuple[int, int] | None = None  # training-time augmentation (melodies only)
     data_converter: DataConverter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_converter = self.converter_factory()
 
-    def new_converter(self) -> DataConverter:
-        """A converter of its own (modes and random state are per instance)."""
-        return self.converter_factory()
+    def new_converter(self, **overrides: Any) -> DataConverter:
+        """A converter of its own (modes and random state are per instance).
+
+        `overrides` replace converter arguments, e.g. `**GM_DRUM_MAP` for GrooVAE on General MIDI data.
+        """
+        return self.converter_factory(**overrides)
 
     def build_model(self) -> torch.nn.Module:
         """The `musicvae.nn.vae.MusicVAE` for this config (torch is imported only here)."""
@@ -149,24 +152,23 @@ class Config:
         return new
 
 
-def _melody_2bar() -> OneHotMelodyConverter:
-    return OneHotMelodyConverter(valid_programs=MEL_PROGRAMS, skip_polyphony=False, max_bars=100, slice_bars=2, steps_per_quarter=4)
+def _factory(cls: type[DataConverter], **arguments: Any) -> Callable[..., DataConverter]:
+    """A converter constructor with Magenta's arguments that callers may override one by one."""
+    return lambda **overrides: cls(**{**arguments, **overrides})
 
 
-def _melody_16bar() -> OneHotMelodyConverter:
-    return OneHotMelodyConverter(skip_polyphony=False, max_bars=100, slice_bars=16, steps_per_quarter=4)
+_melody_2bar = _factory(OneHotMelodyConverter, valid_programs=MEL_PROGRAMS, skip_polyphony=False, max_bars=100, slice_bars=2, steps_per_quarter=4)
+_melody_16bar = _factory(OneHotMelodyConverter, skip_polyphony=False, max_bars=100, slice_bars=16, steps_per_quarter=4)
+_trio = _factory(TrioConverter, steps_per_quarter=4, slice_bars=16, gap_bars=2)
 
 
-def _drums(**kwargs: Any) -> Callable[[], DrumsConverter]:
-    return lambda: DrumsConverter(max_bars=100, slice_bars=2, steps_per_quarter=4, roll_input=True, **kwargs)
+def _drums(**kwargs: Any) -> Callable[..., DataConverter]:
+    return _factory(DrumsConverter, max_bars=100, slice_bars=2, steps_per_quarter=4, roll_input=True, **kwargs)
 
 
-def _trio() -> TrioConverter:
-    return TrioConverter(steps_per_quarter=4, slice_bars=16, gap_bars=2)
-
-
-def _groove(**kwargs: Any) -> Callable[[], GrooveConverter]:
-    return lambda: GrooveConverter(
+def _groove(**kwargs: Any) -> Callable[..., DataConverter]:
+    return _factory(
+        GrooveConverter,
         steps_per_quarter=4,
         quarters_per_bar=4,
         max_tensors_per_notesequence=20,
@@ -174,6 +176,13 @@ def _groove(**kwargs: Any) -> Callable[[], GrooveConverter]:
         inference_pitch_classes=REDUCED_DRUM_PITCH_CLASSES,
         **kwargs,
     )
+
+
+# GrooVAE on General MIDI material (our corpus): the 9-class GM map in every mode, and drum pitches
+# outside it dropped instead of refused. Magenta's Roland TD-11 map stays the default for GMD data.
+GM_DRUM_MAP: dict[str, Any] = dict(
+    pitch_classes=REDUCED_DRUM_PITCH_CLASSES, inference_pitch_classes=REDUCED_DRUM_PITCH_CLASSES, drop_unmapped_pitches=True
+)
 
 
 _SS = dict(sampling_schedule="inverse_sigmoid", sampling_rate=1000.0)

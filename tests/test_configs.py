@@ -79,3 +79,26 @@ def test_alias_and_new_converters_are_independent():
     a, b = alias.new_converter(), alias.new_converter()
     a.set_mode("infer")
     assert b.mode is None
+
+
+def test_gm_drum_map_override_for_groovae_on_general_midi():
+    import pretty_midi
+
+    from musicvae.configs import GM_DRUM_MAP
+
+    pm = pretty_midi.PrettyMIDI()
+    kit = pretty_midi.Instrument(program=0, is_drum=True)
+    # 35 (GM acoustic kick) and 39 (hand clap) are not on the Roland map
+    kit.notes += [pretty_midi.Note(100, [35, 42, 39, 42][i % 4], i * 0.125, i * 0.125 + 0.1) for i in range(64)]
+    pm.instruments.append(kit)
+    cfg = CONFIG_MAP["groovae_2bar_humanize"]
+    roland = cfg.new_converter()
+    roland.set_mode("eval")
+    with pytest.raises(KeyError, match="35"):
+        roland.to_tensors(pm)
+    gm = cfg.new_converter(**GM_DRUM_MAP)
+    gm.set_mode("eval")
+    t = gm.to_tensors(pm)
+    assert len(t.outputs) == 2
+    hits = t.outputs[0][:, :9]
+    assert hits[0, 0] == 1 and hits[1, 2] == 1 and hits[2, 1] == 1  # kick, closed hat, clap -> snare
