@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert MIDI once and reshuffle the same examples every epoch (default, as Magenta)")
     p.add_argument("--nocache_dataset", dest="cache_dataset", action="store_false",
                    help="convert MIDI again each epoch: new random windows and transpositions every epoch")
-    p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile for training")
+    p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile for training (meant for CUDA; on CPU, torch 2.13's "
+                   "inductor fails to lower the mkldnn LSTM kernels)")
     p.add_argument("--log", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)")
     return p
 
