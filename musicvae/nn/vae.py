@@ -27,6 +27,7 @@ described in `musicvae.nn.lstm`; a dense kernel is the transposed `weight`):
     decoder/z_to_initial_state                       decoder.z_to_initial_state
     decoder/multi_rnn_cell/cell_k/lstm_cell          decoder.lstm.layers[k]
     decoder/output_projection                        decoder.output_projection
+    decoder/nade/{w_enc,w_dec_t}                     decoder.nade.{w_enc,w_dec_t}
     decoder/hierarchical_level_0/initial_state       decoder.conductor_initial_state
     decoder/hierarchical_level_0/cell_k/lstm_cell    decoder.conductor.layers[k]
     core_decoder/decoder/…                           decoder.core.…
@@ -54,7 +55,9 @@ from musicvae.nn.decoders import (
     sampling_probability,
 )
 from musicvae.nn.encoders import BidirectionalLstmEncoder, HierarchicalLstmEncoder
+from musicvae.nn.groove import GrooveLstmDecoder
 from musicvae.nn.metrics import Stats, batch_mean_stats
+from musicvae.nn.nade import MultiLabelRnnNadeDecoder
 
 if TYPE_CHECKING:
     from musicvae.configs import Config
@@ -190,13 +193,19 @@ def _build_encoder(spec: ModelSpec, hp: HParams, input_size: int) -> nn.Module:
 
 
 def _build_decoder(spec: ModelSpec, hp: HParams, output_depth: int, control_depth: int) -> Decoder:
-    if spec.decoder in ("nade", "groove"):
-        raise ValueError(f"{spec.decoder} decoder arrives with the drum/groove models")
     keep = hp.dropout_keep_prob
 
     def flat(kind: str, z_size: int) -> Decoder:
         if kind == "categorical":
             return CategoricalLstmDecoder(output_depth, z_size, control_depth, hp.dec_rnn_size, keep)
+        if kind == "nade":
+            if spec.nade_num_hidden <= 0:
+                raise ValueError("a nade decoder needs nade_num_hidden > 0")
+            return MultiLabelRnnNadeDecoder(
+                output_depth, z_size, control_depth, hp.dec_rnn_size, spec.nade_num_hidden, keep
+            )
+        if kind == "groove":
+            return GrooveLstmDecoder(output_depth, z_size, control_depth, hp.dec_rnn_size, keep)
         if kind not in ("multi_out_categorical", "split_multi_out"):
             raise ValueError(f"unknown decoder {kind!r}")
         if sum(spec.output_depths) != output_depth:
