@@ -37,6 +37,7 @@ def _configs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from musicvae.convert import add_convert_parser
+    from musicvae.generate import add_import_parser
     from musicvae.validate import add_validate_parser
 
     parser = argparse.ArgumentParser(prog="musicvae", description="MusicVAE / GrooVAE tools.")
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_configs)
     add_validate_parser(sub)
     add_convert_parser(sub)
+    add_import_parser(sub)
     return parser
 
 
