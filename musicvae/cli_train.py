@@ -26,10 +26,15 @@ examples:
   music_vae_train --config=cat-mel_2bar_small --run_dir=runs/mel2 --mode=eval
   music_vae_train --config=hierdec-mel_16bar --run_dir=runs/h16 --examples_path=shards/mel16-train \\
       --hparams=batch_size=64,free_bits=256
+  music_vae_train --config=groovae_2bar_humanize --run_dir=runs/groove --drum_map=gm   # the General MIDI corpus
+  music_vae_train --config=groovae_2bar_tap_fixed_velocity_note_dropout --run_dir=runs/tapdrop --drum_map=gm \
+      --nocache_dataset   # from MIDI, note dropout drawn again every epoch
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from musicvae.configs import add_drum_map_argument
+
     p = argparse.ArgumentParser(
         prog="music_vae_train",
         description=DESCRIPTION,
@@ -77,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dataset", dest="cache_dataset", action="store_true", default=True,
                    help="convert MIDI once and reshuffle the same examples every epoch (default, as Magenta)")
     p.add_argument("--nocache_dataset", dest="cache_dataset", action="store_false",
-                   help="convert MIDI again each epoch: new random windows and transpositions every epoch")
+                   help="convert MIDI again each epoch: new random windows, transpositions and GrooVAE note dropout "
+                   "every epoch")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile for training (meant for CUDA; on CPU, torch 2.13's "
                    "inductor fails to lower the mkldnn LSTM kernels)")
+    add_drum_map_argument(p)
     p.add_argument("--log", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)")
     return p
 
@@ -99,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from musicvae.train import TrainingError, TrainOptions, evaluate, train
 
     try:  # unknown config names and malformed hparams, before any work
-        get_config(args.config).with_hparams(args.hparams)
+        get_config(args.config).with_hparams(args.hparams).with_drum_map(args.drum_map)
     except (KeyError, ValueError) as e:
         return _fail(e.args[0] if e.args else str(e))
     opts = TrainOptions(
@@ -119,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         cache_dataset=args.cache_dataset,
         compile=args.compile,
+        drum_map=args.drum_map,
     )
     try:
         if args.mode == "train":

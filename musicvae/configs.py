@@ -126,17 +126,30 @@ class Config:
     hparams: HParams
     converter_factory: Callable[..., DataConverter] = field(repr=False)
     transpose_range: tuple[int, int] | None = None  # training-time augmentation (melodies only)
+    # GrooVAE's drum pitch map by name (DRUM_MAPS): 'roland' (Magenta's, the default) or 'gm'. None for
+    # every other config; `with_drum_map` picks one, and checkpoints and index.json record it.
+    drum_map: str | None = None
     data_converter: DataConverter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_converter = self.converter_factory()
+        self.drum_map = resolve_drum_map(self.name, self.drum_map, isinstance(self.data_converter, GrooveConverter))
+        if self.drum_map is not None and DRUM_MAPS[self.drum_map]:
+            self.data_converter = self.new_converter()
 
     def new_converter(self, **overrides: Any) -> DataConverter:
-        """A converter of its own (modes and random state are per instance).
+        """A converter of its own (modes and random state are per instance), with the config's drum map.
 
         `overrides` replace converter arguments, e.g. `**GM_DRUM_MAP` for GrooVAE on General MIDI data.
         """
-        return self.converter_factory(**overrides)
+        return self.converter_factory(**{**converter_overrides(self.drum_map), **overrides})
+
+    def with_drum_map(self, drum_map: str | None) -> Config:
+        """This config with GrooVAE drum map `drum_map` ('roland' or 'gm'); None keeps the current one.
+
+        Raises ValueError for an unknown name, or for a config that is not GrooVAE.
+        """
+        return self if drum_map is None or drum_map == self.drum_map else dataclasses.replace(self, drum_map=drum_map)
 
     def build_model(self) -> torch.nn.Module:
         """The `musicvae.nn.vae.MusicVAE` for this config (torch is imported only here)."""
@@ -183,6 +196,46 @@ def _groove(**kwargs: Any) -> Callable[..., DataConverter]:
 GM_DRUM_MAP: dict[str, Any] = dict(
     pitch_classes=REDUCED_DRUM_PITCH_CLASSES, inference_pitch_classes=REDUCED_DRUM_PITCH_CLASSES, drop_unmapped_pitches=True
 )
+
+# `--drum_map` of `musicvae convert` and `music_vae_train` (GrooVAE configs only): converter overrides
+# by name. 'roland' is Magenta's setting, for Groove MIDI Dataset-layout data (other pitches are refused);
+# 'gm' is GM_DRUM_MAP, for General MIDI data such as our corpus.
+DRUM_MAPS: dict[str, dict[str, Any]] = {"roland": {}, "gm": GM_DRUM_MAP}
+DEFAULT_DRUM_MAP = "roland"
+DRUM_MAP_HELP = (
+    "GrooVAE configs only: drum pitch map of the converter. roland (default, as Magenta): the Roland TD-11 "
+    "map of the Groove MIDI Dataset, other drum pitches make the file fail; gm: the 9-class General MIDI map "
+    "(configs.GM_DRUM_MAP) in every mode, unmapped drum pitches dropped, for General MIDI data such as our "
+    "corpus. Recorded in index.json and in checkpoints; eval and generation reuse the checkpoint's"
+)
+
+
+def resolve_drum_map(config_name: str, drum_map: str | None, is_groove: bool | None = None) -> str | None:
+    """The drum map a config's converter uses: `drum_map`, or 'roland' for GrooVAE configs; None otherwise.
+
+    `is_groove` defaults to whether CONFIG_MAP[config_name] is a GrooVAE config.
+    """
+    if is_groove is None:
+        is_groove = isinstance(get_config(config_name).data_converter, GrooveConverter)
+    if drum_map is not None and drum_map not in DRUM_MAPS:
+        raise ValueError(f"unknown drum map {drum_map!r}; expected one of {', '.join(DRUM_MAPS)}")
+    if not is_groove:
+        if drum_map is not None:
+            raise ValueError(
+                f"--drum_map applies to GrooVAE configs only, not {config_name} (the drum VAEs always use General MIDI maps)"
+            )
+        return None
+    return drum_map or DEFAULT_DRUM_MAP
+
+
+def converter_overrides(drum_map: str | None) -> dict[str, Any]:
+    """Converter arguments for a resolved drum map (see `resolve_drum_map`); {} for None and 'roland'."""
+    return dict(DRUM_MAPS[drum_map]) if drum_map is not None else {}
+
+
+def add_drum_map_argument(parser: Any) -> None:
+    """`--drum_map`, shared by `musicvae convert` and `music_vae_train`."""
+    parser.add_argument("--drum_map", choices=tuple(DRUM_MAPS), default=None, help=DRUM_MAP_HELP)
 
 
 _SS = dict(sampling_schedule="inverse_sigmoid", sampling_rate=1000.0)

@@ -1,8 +1,8 @@
 """Conversion at scale: MIDI files -> checksummed tensor shards that training reads (`musicvae convert`).
 
 Files are sorted by name and cut into fixed-size chunks of `shard_size` files; chunk i becomes
-`shard-0000i.npz`. Because a shard depends only on its own files, the config, the mode and
-(seed, i), shards are byte-identical whatever the number of workers, and each can be skipped on
+`shard-0000i.npz`. Because a shard depends only on its own files, the config (with its drum map),
+the mode and (seed, i), shards are byte-identical whatever the number of workers, and each can be skipped on
 restart when its sidecar `shard-0000i.json` says it was built from the same inputs and the file
 still has the recorded sha256. `index.json` is written last; `load_shards` refuses a directory
 without it, so a killed run is never mistaken for a finished one.
@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import tarfile
 import time
 import zipfile
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from musicvae.configs import get_config
+from musicvae.configs import add_drum_map_argument, get_config
 from musicvae.data.converter import MODES
 from musicvae.data.corpus import read_manifest
 from musicvae.data.midi_io import MAX_MIDI_BYTES
@@ -204,6 +205,7 @@ class _ShardJob:
     output_dir: str
     key: str  # identifies the settings and input bytes this shard is built from
     files: tuple[tuple[str, bytes], ...]
+    drum_map: str | None = None  # GrooVAE's pitch map (Config.drum_map)
 
 
 def shard_name(index: int) -> str:
@@ -255,7 +257,7 @@ def _pad(x: np.ndarray, length: int, dtype: np.dtype, what: str) -> np.ndarray:
 
 
 def _convert_shard(job: _ShardJob) -> dict[str, Any]:
-    cfg = get_config(job.config_name)
+    cfg = get_config(job.config_name).with_drum_map(job.drum_map)
     converter = cfg.new_converter()
     converter.set_mode(job.mode)
     converter.seed(int(np.random.SeedSequence((job.seed, job.index)).generate_state(1)[0]))
@@ -362,10 +364,14 @@ def convert(
     shard_size: int = DEFAULT_SHARD_SIZE,
     seed: int = 0,
     resume: bool = True,
+    drum_map: str | None = None,
 ) -> ConversionSummary:
-    """Convert MIDI into shards under `output_dir` (see the module docstring); returns what was done."""
+    """Convert MIDI into shards under `output_dir` (see the module docstring); returns what was done.
+
+    `drum_map` picks GrooVAE's pitch map ('roland', the default, or 'gm'; see `configs.DRUM_MAPS`).
+    """
     started = time.perf_counter()
-    cfg = get_config(config_name)
+    cfg = get_config(config_name).with_drum_map(drum_map)
     family = config_family(config_name)
     if mode not in MODES:
         raise ValueError(f"invalid mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -404,7 +410,8 @@ def convert(
     try:
         for index, chunk in enumerate(_chunks(items, shard_size)):
             files = tuple((item.name, reader.read(item)) for item in chunk)
-            key_hash = hashlib.sha256(json.dumps([FORMAT_VERSION, config_name, mode, seed, index]).encode())
+            settings = [FORMAT_VERSION, config_name, mode, seed, index] + ([cfg.drum_map] if cfg.drum_map else [])
+            key_hash = hashlib.sha256(json.dumps(settings).encode())
             for name, data in files:
                 entry = f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode()
                 fingerprint.update(entry)
@@ -416,7 +423,7 @@ def convert(
                 skipped += 1
                 progress.update(len(chunk))
                 continue
-            job = _ShardJob(config_name, mode, seed, index, str(out), key, files)
+            job = _ShardJob(config_name, mode, seed, index, str(out), key, files, cfg.drum_map)
             if pool is None:
                 sidecars[index] = _convert_shard(job)
                 progress.update(len(chunk))
@@ -446,6 +453,7 @@ def convert(
         "family": family,
         "mode": mode,
         "seed": seed,
+        "drum_map": cfg.drum_map,
         "shard_size": shard_size,
         "input_depth": converter.input_depth,
         "output_depth": converter.output_depth,
@@ -468,6 +476,12 @@ def convert(
     _atomic_write(out / INDEX_NAME, json.dumps(index_doc, indent=1).encode())
     if errors:
         log.warning("%d of %d files failed to convert; see %s", len(errors), len(items), out / ERRORS_NAME)
+    unmapped = sum(row[1] == "UnmappedDrumPitchError" for row in errors)
+    if unmapped:
+        log.warning(
+            "%d files have drum pitches outside the --drum_map=%s pitch map; for General MIDI data use --drum_map=gm",
+            unmapped, cfg.drum_map,
+        )
     summary = ConversionSummary(
         output_dir=str(out),
         num_shards=num_shards,
@@ -567,7 +581,9 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         choices=MODES,
         default="eval",
         help="converter mode: eval keeps the first windows of each file (deterministic), train samples windows "
-        "at random (seeded per shard), infer uses inference pitch maps (GrooVAE). Default: eval",
+        "at random (seeded per shard), infer uses inference pitch maps (GrooVAE). Default: eval. Shards freeze "
+        "what the conversion drew (windows, GrooVAE note dropout): train GrooVAE's dropout config from MIDI, "
+        "where music_vae_train --nocache_dataset draws them again every epoch",
     )
     p.add_argument(
         "--workers", type=int, default=os.cpu_count(), help="worker processes (default: all cores)"
@@ -590,11 +606,17 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_false",
         help="rebuild every shard (default: keep shards whose inputs and checksum are unchanged)",
     )
+    add_drum_map_argument(p)
     p.set_defaults(func=run_convert)
     return p
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    try:  # --drum_map on a config that has none
+        get_config(args.config).with_drum_map(args.drum_map)
+    except (KeyError, ValueError) as e:
+        print(f"musicvae convert: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     examples = [part for value in args.examples_path for part in value.split(",") if part]
     summary = convert(
         args.config,
@@ -606,6 +628,7 @@ def run_convert(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         seed=args.seed,
         resume=args.resume,
+        drum_map=args.drum_map,
     )
     print(json.dumps(asdict(summary), indent=1))
     return 0

@@ -13,6 +13,14 @@ choice) and Magenta's transposition augmentation; like Magenta's `cache_dataset`
 first conversion is kept and every later epoch reshuffles it. Each epoch is a seeded permutation cut
 into full batches (Magenta's padded_batch with drop_remainder).
 
+GrooVAE's input transforms (humanize, tap, fixed velocities, closed hi-hat removal, note dropout) are
+the converter's: they change the encoder input only, the target stays the full groove. From MIDI they
+are applied during conversion in the workers; note dropout is drawn from the per-file seeded rng, so
+with --nocache_dataset it is drawn again every epoch (with the cache, as in Magenta, once per run).
+Shards freeze whatever their conversion drew, so the dropout config should train from MIDI. The
+converter's drum map (`--drum_map`, `Config.drum_map`) is recorded in checkpoints and must match the
+one in the shards' index.json.
+
 Checkpoints (`<run_dir>/train/ckpt-<step>.pt`) hold only tensors and plain containers, so they load
 with `weights_only=True`: weights, the full config, optimiser state, RNG states and the data
 position. They are written atomically; rerunning the same command after a crash or SIGKILL resumes
@@ -190,8 +198,9 @@ class _FileWindows(torch.utils.data.Dataset):
         transpose_range: tuple[int, int] | None,
         seed: int,
         conversion_pass: int,
+        drum_map: str | None = None,
     ) -> None:
-        self.config_name, self.max_seq_len, self.files = config_name, max_seq_len, files
+        self.config_name, self.max_seq_len, self.files, self.drum_map = config_name, max_seq_len, files, drum_map
         self.mode, self.transpose_range = mode, transpose_range
         self.seed, self.conversion_pass = seed, conversion_pass
         self.dtypes = _array_dtypes(config_family(config_name))
@@ -203,7 +212,7 @@ class _FileWindows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[str, Examples | None, str | None]:
         name, midi = self.files[i]
         if self._converter is None:
-            self._converter = get_config(self.config_name).new_converter()
+            self._converter = get_config(self.config_name).with_drum_map(self.drum_map).new_converter()
             self._converter.set_mode(self.mode)
         converter = self._converter
         converter.rng = rng = np.random.default_rng([self.seed, 2, self.conversion_pass, i])
@@ -259,6 +268,13 @@ class ShardSource:
                     f"{d} was converted for {index['config']} (input, output, control depth, max_seq_len = {got}); "
                     f"{config.name} needs {want}. Convert with --config={config.name}."
                 )
+            # index.json without drum_map: converted before the option existed, i.e. with the default map.
+            made_with = index.get("drum_map", get_config(config.name).drum_map)
+            if made_with != config.drum_map:
+                raise TrainingError(
+                    f"{d} was converted with --drum_map={made_with}, but this run uses --drum_map={config.drum_map}; "
+                    f"convert again with --drum_map={config.drum_map} or train with --drum_map={made_with}"
+                )
             arrays = load_shards(d, verify=True)
             io_dtype, control_dtype = _array_dtypes(config_family(config.name))
             parts.append(Examples(
@@ -303,7 +319,7 @@ class MidiSource:
     def _convert(self, conversion_pass: int) -> Examples:
         dataset = _FileWindows(
             self.config.name, self.config.hparams.max_seq_len, self.files, self.mode,
-            self.transpose_range, self.seed, conversion_pass,
+            self.transpose_range, self.seed, conversion_pass, self.config.drum_map,
         )  # fmt: skip
         workers = min(self.num_workers, -(-len(self.files) // _FILES_PER_WORKER_BATCH))
         loader = torch.utils.data.DataLoader(
@@ -333,10 +349,17 @@ class MidiSource:
         )  # fmt: skip
         for name, error in errors[:5]:
             log.warning("could not convert %s: %s", name, error)
+        unmapped = sum(error.startswith("UnmappedDrumPitchError") for _, error in errors)
+        if unmapped:
+            log.warning(
+                "%d of %d files have drum pitches outside the --drum_map=%s pitch map and were skipped; "
+                "for General MIDI data use --drum_map=gm", unmapped, len(self.files), self.config.drum_map,
+            )  # fmt: skip
         if len(result) == 0:
+            first_error = f" First failure: {errors[0][0]}: {errors[0][1]}." if errors else ""
             raise EmptyDatasetError(
-                f"no examples from {len(self.files)} MIDI files ({no_windows} gave no windows, {len(errors)} failed). "
-                f"MusicVAE configs have very specific input requirements: {_requirements(self.config.name)}"
+                f"no examples from {len(self.files)} MIDI files ({no_windows} gave no windows, {len(errors)} failed)."
+                f"{first_error} MusicVAE configs have very specific input requirements: {_requirements(self.config.name)}"
             )
         return result
 
@@ -349,7 +372,8 @@ def _requirements(config_name: str) -> str:
         "drums": "drum tracks (MIDI channel 10) in 4/4, at least 2 bars long",
         "trio": "4/4 pieces with a melody (programs 0-31), a bass line (programs 32-39) and drums playing together "
         "for 16 bars",
-        "groove": "drum performances in 4/4 (the Groove MIDI Dataset's layout)",
+        "groove": "drum performances in 4/4 on the Groove MIDI Dataset's Roland TD-11 pitches, or on General MIDI "
+        "drum pitches with --drum_map=gm",
     }[family]
     return f"{config_name} needs {needs}. `musicvae validate` reports what each file offers."
 
@@ -435,12 +459,14 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         "hparams": config.hparams.to_dict(),
         "model": spec,
         "transpose_range": list(config.transpose_range) if config.transpose_range else None,
+        "drum_map": config.drum_map,  # GrooVAE's converter pitch map; None for other configs
     }
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
     """The inverse of `config_to_dict`; the data converter comes from CONFIG_MAP[name]."""
-    config = copy.copy(get_config(d["name"]))
+    # Checkpoints from before drum_map was recorded used the default map.
+    config = copy.copy(get_config(d["name"]).with_drum_map(d.get("drum_map")))
     config.hparams = HParams().override(**d["hparams"])
     config.model = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()})
     config.transpose_range = tuple(d["transpose_range"]) if d["transpose_range"] else None
@@ -566,6 +592,7 @@ class TrainOptions:
     seed: int = 0
     cache_dataset: bool = True
     compile: bool = False
+    drum_map: str | None = None  # GrooVAE only; None: the config's default (train) or the checkpoint's (eval)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -589,7 +616,7 @@ def _prune(train_dir: Path, keep: int) -> None:
 
 def train(opts: TrainOptions) -> Path:
     """Train (or resume) `opts.config` until `opts.num_steps`; returns the last checkpoint's path."""
-    config = get_config(opts.config).with_hparams(opts.hparams)
+    config = get_config(opts.config).with_hparams(opts.hparams).with_drum_map(opts.drum_map)
     hp = config.hparams
     device = resolve_device(opts.device)
     autocast = _precision(device)
@@ -606,10 +633,11 @@ def train(opts: TrainOptions) -> Path:
     resume_from = latest_checkpoint(train_dir)
     if resume_from is not None:
         payload = load_checkpoint(resume_from)
-        if payload["config"] != config_to_dict(config):
+        if config_to_dict(config_from_dict(payload["config"])) != config_to_dict(config):
             raise CheckpointError(
                 f"{resume_from} was trained with a different config ({payload['config']['name']}, "
-                f"hparams {payload['config']['hparams']}); rerun with the same --config/--hparams or use a new --run_dir"
+                f"hparams {payload['config']['hparams']}, drum_map {payload['config'].get('drum_map')}); rerun with "
+                "the same --config/--hparams/--drum_map or use a new --run_dir"
             )
         net.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -716,6 +744,8 @@ def evaluate(opts: TrainOptions) -> dict[str, Any]:
     # --hparams may override eval-only settings, e.g. sampling_schedule=constant,sampling_rate=0 for
     # teacher-forced accuracy on a scheduled-sampling config (spec §5).
     config = config_from_dict(payload["config"]).with_hparams(opts.hparams)
+    if opts.drum_map is not None and opts.drum_map != config.drum_map:
+        raise CheckpointError(f"{path} was trained with --drum_map={config.drum_map}, not --drum_map={opts.drum_map}")
     device = resolve_device(opts.device)
     autocast = _precision(device)
     torch.manual_seed(opts.seed)  # z is sampled from q(z|x) and SS configs sample their inputs
