@@ -150,22 +150,33 @@ static int all_plain_notes(PyObject *notes) {
     return 1;
 }
 
-/* quantize_notes(notes, steps_per_second) -> (copies with quantized steps, max end step) or None.
+/* quantize_notes(notes, steps_per_second[, offset, limit]) -> (copies with quantized steps, max end step)
+ * or None. With an offset the copies are also moved as shift_notes moves them (start - offset,
+ * min(end, limit) - offset) and quantised from the moved times: split then quantize in one copy.
  * Steps are int(t * sps + 0.5) exactly as note_seq computes them, an empty note lasting one step.
  * None means "take the Python path" (unusual objects, non-float times, negative or huge steps),
  * which then gives the same result or raises the same error. */
 static PyObject *quantize_notes(PyObject *self, PyObject *args) {
-    PyObject *notes;
-    double sps;
-    if (!PyArg_ParseTuple(args, "Od", &notes, &sps)) return NULL;
+    PyObject *notes, *offset_obj = Py_None;
+    double sps, limit = 0.0;
+    if (!PyArg_ParseTuple(args, "Od|Od", &notes, &sps, &offset_obj, &limit)) return NULL;
     if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    /* with an offset: the notes of a piece cut at [offset, limit), moved as shift_notes moves them */
+    int shift = offset_obj != Py_None;
+    if (shift && !PyFloat_CheckExact(offset_obj)) Py_RETURN_NONE;
+    double offset = shift ? PyFloat_AS_DOUBLE(offset_obj) : 0.0;
     Py_ssize_t n = PyList_GET_SIZE(notes);
     long long max_end = LLONG_MIN;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *note = PyList_GET_ITEM(notes, i);
         PyObject *s = note_slot(note, NOTE_START), *e = note_slot(note, NOTE_END);
         if (!PyFloat_CheckExact(s) || !PyFloat_CheckExact(e)) Py_RETURN_NONE;
-        double qs = PyFloat_AS_DOUBLE(s) * sps + 0.5, qe = PyFloat_AS_DOUBLE(e) * sps + 0.5;
+        double sv = PyFloat_AS_DOUBLE(s), ev = PyFloat_AS_DOUBLE(e);
+        if (shift) {
+            sv = sv - offset;
+            ev = (limit < ev ? limit : ev) - offset;
+        }
+        double qs = sv * sps + 0.5, qe = ev * sps + 0.5;
         /* negative (an error) or beyond exact int64 handling: let Python decide */
         if (!(qs >= 0 && qs < 4e18 && qe >= 0 && qe < 4e18)) Py_RETURN_NONE;
     }
@@ -173,8 +184,13 @@ static PyObject *quantize_notes(PyObject *self, PyObject *args) {
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *note = PyList_GET_ITEM(notes, i);
-        long long start = (long long)(PyFloat_AS_DOUBLE(note_slot(note, NOTE_START)) * sps + 0.5);
-        long long end = (long long)(PyFloat_AS_DOUBLE(note_slot(note, NOTE_END)) * sps + 0.5);
+        double sv = PyFloat_AS_DOUBLE(note_slot(note, NOTE_START)), ev = PyFloat_AS_DOUBLE(note_slot(note, NOTE_END));
+        if (shift) {
+            sv = sv - offset;
+            ev = (limit < ev ? limit : ev) - offset;
+        }
+        long long start = (long long)(sv * sps + 0.5);
+        long long end = (long long)(ev * sps + 0.5);
         if (end == start) end += 1;
         if (end > max_end) max_end = end;
         PyObject *copy = clone_note(note);
@@ -183,6 +199,17 @@ static PyObject *quantize_notes(PyObject *self, PyObject *args) {
             return NULL;
         }
         PyList_SET_ITEM(out, i, copy);
+        if (shift) {
+            PyObject *a = PyFloat_FromDouble(sv), *b = PyFloat_FromDouble(ev);
+            if (a == NULL || b == NULL) {
+                Py_XDECREF(a);
+                Py_XDECREF(b);
+                Py_DECREF(out);
+                return NULL;
+            }
+            set_slot(copy, NOTE_START, a);
+            set_slot(copy, NOTE_END, b);
+        }
         PyObject *qs = PyLong_FromLongLong(start), *qe = PyLong_FromLongLong(end);
         if (qs == NULL || qe == NULL) {
             Py_XDECREF(qs);
@@ -853,17 +880,496 @@ out:
     return result;
 }
 
+/* ---- converter helpers: window cutting, drum onsets, note columns -------------------- */
+
+/* split_members(notes, split_times) -> one list per piece, or None.
+ * The assignment loop of sequences._extract_subsequences over `notes` (already sorted by start
+ * time): a note goes to piece i when split_times[i] <= start < split_times[i + 1]; notes before
+ * the first split time are skipped and the loop stops at the first note past the last one.
+ * Every start and split time must be a float (compared as Python compares floats); else None. */
+static PyObject *split_members(PyObject *self, PyObject *args) {
+    PyObject *notes, *times;
+    if (!PyArg_ParseTuple(args, "OO", &notes, &times)) return NULL;
+    if (!all_plain_notes(notes) || !PyList_CheckExact(times)) Py_RETURN_NONE;
+    Py_ssize_t nt = PyList_GET_SIZE(times), n = PyList_GET_SIZE(notes);
+    if (nt < 2) Py_RETURN_NONE;
+    for (Py_ssize_t k = 0; k < nt; k++)
+        if (!PyFloat_CheckExact(PyList_GET_ITEM(times, k))) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyFloat_CheckExact(note_slot(PyList_GET_ITEM(notes, i), NOTE_START))) Py_RETURN_NONE;
+    Py_ssize_t n_parts = nt - 1;
+    PyObject *parts = PyList_New(n_parts);
+    if (parts == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < n_parts; k++) {
+        PyObject *l = PyList_New(0);
+        if (l == NULL) {
+            Py_DECREF(parts);
+            return NULL;
+        }
+        PyList_SET_ITEM(parts, k, l);
+    }
+    Py_ssize_t index = -1;
+    double first = PyFloat_AS_DOUBLE(PyList_GET_ITEM(times, 0));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        double t = PyFloat_AS_DOUBLE(note_slot(note, NOTE_START));
+        if (t < first) continue;
+        while (index < n_parts && t >= PyFloat_AS_DOUBLE(PyList_GET_ITEM(times, index + 1))) {
+            index += 1;
+            if (index == n_parts) break;
+        }
+        if (index == n_parts) break;
+        /* index >= 0 here: t >= first means the loop above advanced at least once (or t is NaN,
+         * which Python would append to members[-1], the last piece) */
+        PyObject *target = PyList_GET_ITEM(parts, index < 0 ? n_parts - 1 : index);
+        if (PyList_Append(target, note) < 0) {
+            Py_DECREF(parts);
+            return NULL;
+        }
+    }
+    return parts;
+}
+
+/* split_notes(notes, split_times[, copy]) -> [(shifted notes, total time)] per piece, or None.
+ * With copy false, each piece's notes are returned as they are (not moved), with the same total.
+ * split_members, then shift_notes on each piece, and the piece's total time: the largest
+ * shifted end time above 0.0 (0.0 without one), as sequences._extract_subsequences computes. */
+static PyObject *split_notes(PyObject *self, PyObject *args) {
+    PyObject *notes, *times;
+    int copy = 1;
+    if (!PyArg_ParseTuple(args, "OO|p", &notes, &times, &copy)) return NULL;
+    for (Py_ssize_t i = 0; PyList_CheckExact(notes) && i < PyList_GET_SIZE(notes); i++)
+        if (Py_TYPE(PyList_GET_ITEM(notes, i)) == note_type &&
+            note_slot(PyList_GET_ITEM(notes, i), NOTE_END) != NULL &&
+            !PyFloat_CheckExact(note_slot(PyList_GET_ITEM(notes, i), NOTE_END)))
+            Py_RETURN_NONE;
+    PyObject *pair = PyTuple_Pack(2, notes, times);
+    if (pair == NULL) return NULL;
+    PyObject *members = split_members(self, pair);
+    Py_DECREF(pair);
+    if (members == NULL || members == Py_None) return members;
+    Py_ssize_t n_parts = PyList_GET_SIZE(members);
+    PyObject *out = PyList_New(n_parts);
+    if (out == NULL) goto error;
+    for (Py_ssize_t k = 0; k < n_parts; k++) {
+        PyObject *part = PyList_GET_ITEM(members, k);
+        Py_ssize_t n = PyList_GET_SIZE(part);
+        double offset = PyFloat_AS_DOUBLE(PyList_GET_ITEM(times, k));
+        double limit = PyFloat_AS_DOUBLE(PyList_GET_ITEM(times, k + 1));
+        double total = 0.0;
+        if (!copy) { /* the piece's own notes, unshifted, and the total their shifted ends give */
+            for (Py_ssize_t i = 0; i < n; i++) {
+                double end = PyFloat_AS_DOUBLE(note_slot(PyList_GET_ITEM(part, i), NOTE_END));
+                end = (limit < end ? limit : end) - offset;
+                if (end > total) total = end;
+            }
+            PyObject *item = Py_BuildValue("(Od)", part, total);
+            if (item == NULL) goto error;
+            PyList_SET_ITEM(out, k, item);
+            continue;
+        }
+        PyObject *shifted = PyList_New(n);
+        if (shifted == NULL) goto error;
+        PyObject *item = Py_BuildValue("(Nd)", shifted, 0.0);
+        if (item == NULL) goto error;
+        PyList_SET_ITEM(out, k, item);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *note = PyList_GET_ITEM(part, i);
+            double start = PyFloat_AS_DOUBLE(note_slot(note, NOTE_START));
+            double end = PyFloat_AS_DOUBLE(note_slot(note, NOTE_END));
+            end = (limit < end ? limit : end) - offset; /* min(end, limit) - offset */
+            if (end > total) total = end;
+            PyObject *copy = clone_note(note);
+            if (copy == NULL) goto error;
+            PyList_SET_ITEM(shifted, i, copy);
+            PyObject *sv = PyFloat_FromDouble(start - offset), *ev = PyFloat_FromDouble(end);
+            if (sv == NULL || ev == NULL) {
+                Py_XDECREF(sv);
+                Py_XDECREF(ev);
+                goto error;
+            }
+            set_slot(copy, NOTE_START, sv);
+            set_slot(copy, NOTE_END, ev);
+        }
+        PyObject *tot = PyFloat_FromDouble(total);
+        if (tot == NULL) goto error;
+        PyObject *old = PyTuple_GET_ITEM(item, 1);
+        PyTuple_SET_ITEM(item, 1, tot);
+        Py_DECREF(old);
+    }
+    Py_DECREF(members);
+    return out;
+error:
+    Py_DECREF(members);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* melody_order(notes) -> the notes stably sorted by (quantized start, -pitch), or None when a
+ * start or pitch is not an int of moderate size. */
+typedef struct {
+    long long start, pitch;
+    Py_ssize_t index;
+} Ord;
+
+static int ord_cmp(const void *a, const void *b) {
+    const Ord *x = a, *y = b;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    if (x->pitch != y->pitch) return x->pitch > y->pitch ? -1 : 1;
+    return x->index < y->index ? -1 : (x->index > y->index);
+}
+
+static PyObject *melody_order(PyObject *self, PyObject *args) {
+    PyObject *notes;
+    if (!PyArg_ParseTuple(args, "O", &notes)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    const long long lim = 1LL << 60;
+    Ord *ord = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Ord));
+    if (ord == NULL) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        if (!small_int(note_slot(note, NOTE_QSTART), -lim, lim, &ord[i].start) ||
+            !small_int(note_slot(note, NOTE_PITCH), -lim, lim, &ord[i].pitch)) {
+            PyMem_Free(ord);
+            Py_RETURN_NONE;
+        }
+        ord[i].index = i;
+    }
+    qsort(ord, (size_t)n, sizeof(Ord), ord_cmp);
+    PyObject *out = PyList_New(n);
+    if (out != NULL)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *note = PyList_GET_ITEM(notes, ord[i].index);
+            Py_INCREF(note);
+            PyList_SET_ITEM(out, i, note);
+        }
+    PyMem_Free(ord);
+    return out;
+}
+
+/* Cached 1-tuples (e,) for melody events -2..127: a window is a tuple of these, exactly the
+ * values Magenta's tuple(zip(events)) builds (equal and equally hashed, so the dedupe set
+ * orders them identically). */
+#define EV_MIN (-2)
+#define EV_MAX 127
+static PyObject *one_tuples[EV_MAX - EV_MIN + 1];
+
+static int init_one_tuples(void) {
+    if (one_tuples[0] != NULL) return 0;
+    for (int e = EV_MIN; e <= EV_MAX; e++) {
+        PyObject *v = PyLong_FromLong(e);
+        if (v == NULL) return -1;
+        PyObject *t = PyTuple_Pack(1, v);
+        Py_DECREF(v);
+        if (t == NULL) return -1;
+        one_tuples[e - EV_MIN] = t;
+    }
+    return 0;
+}
+
+/* melody_windows(event_lists, slice_steps, hop) -> list(set(windows)) or None.
+ * For each event list (in order) and each i in range(slice_steps, len + 1, hop), the window
+ * events[i - slice_steps:i] with every event before its first note-on (>= 0) made NO_EVENT,
+ * as a tuple of 1-tuples; all windows go into one set in that order, and the set's iteration
+ * order is returned. None when an event is not an int in -2..127. */
+static PyObject *melody_windows(PyObject *self, PyObject *args) {
+    PyObject *lists;
+    Py_ssize_t width, hop;
+    if (!PyArg_ParseTuple(args, "Onn", &lists, &width, &hop)) return NULL;
+    if (!PyList_CheckExact(lists) || width <= 0 || hop <= 0) Py_RETURN_NONE;
+    if (init_one_tuples() < 0) return NULL;
+    Py_ssize_t nl = PyList_GET_SIZE(lists);
+    for (Py_ssize_t k = 0; k < nl; k++) {
+        PyObject *ev = PyList_GET_ITEM(lists, k);
+        if (!PyList_CheckExact(ev)) Py_RETURN_NONE;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ev); i++) {
+            long long v;
+            if (!small_int(PyList_GET_ITEM(ev, i), EV_MIN, EV_MAX, &v)) Py_RETURN_NONE;
+        }
+    }
+    PyObject *set = PySet_New(NULL);
+    if (set == NULL) return NULL;
+    PyObject *no_event = one_tuples[MEL_NO_EVENT - EV_MIN];
+    for (Py_ssize_t k = 0; k < nl; k++) {
+        PyObject *ev = PyList_GET_ITEM(lists, k);
+        Py_ssize_t len = PyList_GET_SIZE(ev);
+        for (Py_ssize_t end = width; end <= len; end += hop) {
+            PyObject *w = PyTuple_New(width);
+            if (w == NULL) goto error;
+            int leading = 1;
+            for (Py_ssize_t j = 0; j < width; j++) {
+                long v = PyLong_AsLong(PyList_GET_ITEM(ev, end - width + j));
+                PyObject *t;
+                if (leading && v < 0) {
+                    t = no_event;
+                } else {
+                    leading = 0;
+                    t = one_tuples[v - EV_MIN];
+                }
+                Py_INCREF(t);
+                PyTuple_SET_ITEM(w, j, t);
+            }
+            int rc = PySet_Add(set, w);
+            Py_DECREF(w);
+            if (rc < 0) goto error;
+        }
+    }
+    PyObject *out = PySequence_List(set);
+    Py_DECREF(set);
+    return out;
+error:
+    Py_DECREF(set);
+    return NULL;
+}
+
+/* melody_codes(windows, min_pitch) -> bytes of int64 class indices (window by window), or None.
+ * Each window is a tuple of 1-tuples (e,) of the same length; the class of e is
+ * e - min_pitch + 2 for a note-on and e + 2 for NOTE_OFF / NO_EVENT. None when the windows
+ * differ in length or hold anything else. */
+static PyObject *melody_codes(PyObject *self, PyObject *args) {
+    PyObject *windows;
+    long long min_pitch;
+    if (!PyArg_ParseTuple(args, "OL", &windows, &min_pitch)) return NULL;
+    if (!PyList_CheckExact(windows)) Py_RETURN_NONE;
+    Py_ssize_t nw = PyList_GET_SIZE(windows), width = -1;
+    for (Py_ssize_t k = 0; k < nw; k++) {
+        PyObject *w = PyList_GET_ITEM(windows, k);
+        if (!PyTuple_CheckExact(w)) Py_RETURN_NONE;
+        if (width < 0) width = PyTuple_GET_SIZE(w);
+        if (PyTuple_GET_SIZE(w) != width) Py_RETURN_NONE;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            PyObject *t = PyTuple_GET_ITEM(w, j);
+            long long v;
+            if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 1) Py_RETURN_NONE;
+            if (!small_int(PyTuple_GET_ITEM(t, 0), EV_MIN, EV_MAX, &v)) Py_RETURN_NONE;
+        }
+    }
+    if (width < 0) width = 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nw * width * sizeof(int64_t)));
+    if (out == NULL) return NULL;
+    int64_t *codes = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t k = 0; k < nw; k++) {
+        PyObject *w = PyList_GET_ITEM(windows, k);
+        for (Py_ssize_t j = 0; j < width; j++) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(PyTuple_GET_ITEM(w, j), 0));
+            codes[k * width + j] = v >= 0 ? v - min_pitch + 2 : v + 2;
+        }
+    }
+    return out;
+}
+
+/* drum_onsets(notes, class_map, steps_per_second[, offset, limit]) -> (steps, class_sets, max_end)
+ * or None. An offset moves the note times first, as quantize_notes does.
+ * The drum hits of DrumsConverter: notes with is_drum whose pitch is a key of `class_map`,
+ * mapped to its value, and with a non-zero velocity, grouped by start step (ascending); each
+ * group is frozenset(classes in note order). With steps_per_second > 0 the steps are computed
+ * from the note times exactly as quantize_notes does (max_end is its max end step, None without
+ * notes) and the notes need not be quantised; with steps_per_second <= 0 the quantized steps
+ * of the notes are used and max_end is None. None for unusual notes and for negative steps (the
+ * Python path then raises quantize's error). */
+typedef struct {
+    long long step;
+    Py_ssize_t index;
+    PyObject *cls; /* borrowed from class_map */
+} Hit;
+
+static int hit_cmp(const void *a, const void *b) {
+    const Hit *x = a, *y = b;
+    if (x->step != y->step) return x->step < y->step ? -1 : 1;
+    return x->index < y->index ? -1 : (x->index > y->index);
+}
+
+static PyObject *drum_onsets(PyObject *self, PyObject *args) {
+    PyObject *notes, *class_map, *offset_obj = Py_None;
+    double sps, limit = 0.0;
+    if (!PyArg_ParseTuple(args, "OO!d|Od", &notes, &PyDict_Type, &class_map, &sps, &offset_obj, &limit)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    int shift = offset_obj != Py_None; /* as quantize_notes: a piece cut at [offset, limit) */
+    if (shift && !PyFloat_CheckExact(offset_obj)) Py_RETURN_NONE;
+    double offset = shift ? PyFloat_AS_DOUBLE(offset_obj) : 0.0;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    int timed = sps > 0;
+    long long max_end = LLONG_MIN;
+    const long long lim = 1LL << 52;
+    Hit *hits = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Hit));
+    if (hits == NULL) return PyErr_NoMemory();
+    Py_ssize_t nh = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        long long start;
+        if (timed) {
+            PyObject *s = note_slot(note, NOTE_START), *e = note_slot(note, NOTE_END);
+            if (!PyFloat_CheckExact(s) || !PyFloat_CheckExact(e)) goto fallback;
+            double sv = PyFloat_AS_DOUBLE(s), ev = PyFloat_AS_DOUBLE(e);
+            if (shift) {
+                sv = sv - offset;
+                ev = (limit < ev ? limit : ev) - offset;
+            }
+            double qs = sv * sps + 0.5, qe = ev * sps + 0.5;
+            if (!(qs >= 0 && qs < 4e15 && qe >= 0 && qe < 4e15)) goto fallback;
+            start = (long long)qs;
+            long long end = (long long)qe;
+            if (end == start) end += 1;
+            if (end > max_end) max_end = end;
+        }
+        PyObject *drum = note_slot(note, NOTE_IS_DRUM);
+        if (drum != Py_True && drum != Py_False) goto fallback;
+        if (drum == Py_False) continue;
+        PyObject *cls = PyDict_GetItemWithError(class_map, note_slot(note, NOTE_PITCH));
+        if (cls == NULL) {
+            if (PyErr_Occurred()) goto done;
+            continue;
+        }
+        long long velocity;
+        if (!small_int(note_slot(note, NOTE_VELOCITY), LLONG_MIN, LLONG_MAX, &velocity)) goto fallback;
+        if (velocity == 0) continue;
+        if (!timed && !small_int(note_slot(note, NOTE_QSTART), -lim, lim, &start)) goto fallback;
+        hits[nh].step = start;
+        hits[nh].index = i;
+        hits[nh].cls = cls;
+        nh++;
+    }
+    qsort(hits, (size_t)nh, sizeof(Hit), hit_cmp);
+    PyObject *steps = PyList_New(0), *sets = PyList_New(0), *group = NULL;
+    if (steps == NULL || sets == NULL) goto build_error;
+    for (Py_ssize_t a = 0; a < nh;) {
+        Py_ssize_t b = a;
+        while (b < nh && hits[b].step == hits[a].step) b++;
+        group = PyList_New(b - a);
+        if (group == NULL) goto build_error;
+        for (Py_ssize_t k = a; k < b; k++) {
+            Py_INCREF(hits[k].cls);
+            PyList_SET_ITEM(group, k - a, hits[k].cls);
+        }
+        PyObject *fs = PyFrozenSet_New(group);
+        Py_CLEAR(group);
+        if (fs == NULL) goto build_error;
+        PyObject *st = PyLong_FromLongLong(hits[a].step);
+        if (st == NULL || PyList_Append(sets, fs) < 0 || PyList_Append(steps, st) < 0) {
+            Py_XDECREF(st);
+            Py_DECREF(fs);
+            goto build_error;
+        }
+        Py_DECREF(st);
+        Py_DECREF(fs);
+        a = b;
+    }
+    if (timed && n > 0)
+        result = Py_BuildValue("(NNL)", steps, sets, max_end);
+    else
+        result = Py_BuildValue("(NNO)", steps, sets, Py_None);
+    goto done;
+build_error:
+    Py_XDECREF(steps);
+    Py_XDECREF(sets);
+    Py_XDECREF(group);
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(hits);
+    return result;
+}
+
+/* note_columns(notes) -> (instrument, program, is_drum, quantized_start, quantized_end) as
+ * bytes of int64, or None when a field is not a plain int (is_drum: a bool). */
+static PyObject *note_columns(PyObject *self, PyObject *args) {
+    PyObject *notes;
+    if (!PyArg_ParseTuple(args, "O", &notes)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    static const int fields[5] = {4, 5, NOTE_IS_DRUM, NOTE_QSTART, NOTE_QEND};
+    PyObject *cols[5] = {NULL, NULL, NULL, NULL, NULL};
+    for (int f = 0; f < 5; f++) {
+        cols[f] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * sizeof(int64_t)));
+        if (cols[f] == NULL) goto error;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        for (int f = 0; f < 5; f++) {
+            PyObject *v = note_slot(note, fields[f]);
+            long long x;
+            if (fields[f] == NOTE_IS_DRUM) {
+                if (v != Py_True && v != Py_False) goto fallback;
+                x = v == Py_True;
+            } else if (!small_int(v, -(1LL << 62), 1LL << 62, &x)) {
+                goto fallback;
+            }
+            ((int64_t *)PyBytes_AS_STRING(cols[f]))[i] = x;
+        }
+    }
+    return Py_BuildValue("(NNNNN)", cols[0], cols[1], cols[2], cols[3], cols[4]);
+fallback:
+    for (int f = 0; f < 5; f++) Py_XDECREF(cols[f]);
+    Py_RETURN_NONE;
+error:
+    for (int f = 0; f < 5; f++) Py_XDECREF(cols[f]);
+    return NULL;
+}
+
+/* filter_notes(notes, lo, hi, programs) -> the notes with lo <= pitch <= hi (and, unless
+ * programs is None, program in programs), in order; None for unusual notes or bounds. */
+static PyObject *filter_notes(PyObject *self, PyObject *args) {
+    PyObject *notes, *programs;
+    long long lo, hi;
+    if (!PyArg_ParseTuple(args, "OLLO", &notes, &lo, &hi, &programs)) return NULL;
+    if (!all_plain_notes(notes)) Py_RETURN_NONE;
+    if (programs != Py_None && !PyAnySet_CheckExact(programs)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(notes);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        long long v;
+        if (!small_int(note_slot(note, NOTE_PITCH), LLONG_MIN, LLONG_MAX, &v)) Py_RETURN_NONE;
+        if (programs != Py_None && !small_int(note_slot(note, 5), LLONG_MIN, LLONG_MAX, &v)) Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *note = PyList_GET_ITEM(notes, i);
+        if (programs != Py_None) {
+            int in = PySet_Contains(programs, note_slot(note, 5));
+            if (in < 0) goto error;
+            if (!in) continue;
+        }
+        long long pitch = PyLong_AsLongLong(note_slot(note, NOTE_PITCH));
+        if (lo <= pitch && pitch <= hi && PyList_Append(out, note) < 0) goto error;
+    }
+    return out;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"parse", parse, METH_VARARGS,
      "parse(data, bad_denominators) -> (resolution, tempos, time_signatures, notes, total_time)"},
     {"set_note_type", set_note_type, METH_O,
      "set_note_type(cls) -> bool: the class parse() builds notes with (True when slots are filled directly)"},
     {"quantize_notes", quantize_notes, METH_VARARGS,
-     "quantize_notes(notes, steps_per_second) -> (quantized copies, max end step) or None"},
+     "quantize_notes(notes, steps_per_second[, offset, limit]) -> (quantized copies, max end step) or None"},
     {"shift_notes", shift_notes, METH_VARARGS,
      "shift_notes(notes, offset, limit) -> copies moved by -offset, ends clipped at limit, or None"},
     {"melody_events", melody_events, METH_VARARGS,
      "melody_events(notes, begin, start_step, gap_steps) -> melody events of notes[begin:], or None"},
+    {"filter_notes", filter_notes, METH_VARARGS,
+     "filter_notes(notes, lo, hi, programs) -> notes with lo <= pitch <= hi and program in programs, or None"},
+    {"split_notes", split_notes, METH_VARARGS,
+     "split_notes(notes, split_times[, copy]) -> [(shifted notes, total time)] per piece (start-sorted input), or None"},
+    {"melody_order", melody_order, METH_VARARGS,
+     "melody_order(notes) -> notes stably sorted by (quantized start, -pitch), or None"},
+    {"split_members", split_members, METH_VARARGS,
+     "split_members(notes, split_times) -> the notes of each piece (start-sorted input), or None"},
+    {"melody_windows", melody_windows, METH_VARARGS,
+     "melody_windows(event_lists, slice_steps, hop) -> list(set(windows as tuples of 1-tuples)), or None"},
+    {"melody_codes", melody_codes, METH_VARARGS,
+     "melody_codes(windows, min_pitch) -> bytes of int64 class indices, or None"},
+    {"drum_onsets", drum_onsets, METH_VARARGS,
+     "drum_onsets(notes, class_map, steps_per_second[, offset, limit]) -> (steps, class sets, max end step), or None"},
+    {"note_columns", note_columns, METH_VARARGS,
+     "note_columns(notes) -> (instrument, program, is_drum, quantized start, quantized end) int64 bytes, or None"},
     {NULL, NULL, 0, NULL},
 };
 

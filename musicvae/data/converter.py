@@ -17,7 +17,7 @@ import pretty_midi
 
 from musicvae.data.midi_io import MidiSource, read_midi, sequence_to_pretty_midi
 from musicvae.data.note_sequence import NoteSequence
-from musicvae.data.sequences import split_on_time_changes
+from musicvae.data.sequences import RawPiece, split_on_time_changes, split_pieces
 
 MODES = ("train", "eval", "infer")
 OUTPUT_VELOCITY = 80  # velocity of every decoded melody/drum note, as in Magenta
@@ -130,7 +130,13 @@ class DataConverter(abc.ABC):
             self.max_tensors_per_notesequence,
             self._sampling_rng,
             self._to_tensors_fn,
+            self._raw_piece_to_tensors,
         )
+
+    def _raw_piece_to_tensors(self, raw: RawPiece) -> ConverterTensors | None:
+        """`_to_tensors_fn(raw.shifted())` without copying the notes first, or None to have that
+        called; converters that move the notes while reading them anyway override this."""
+        return None
 
     @abc.abstractmethod
     def _to_tensors_fn(self, ns: NoteSequence) -> ConverterTensors:
@@ -151,10 +157,28 @@ def split_process_and_combine(
     sample_size: int | None,
     rng: np.random.Generator | None,
     to_tensors_fn: Callable[[NoteSequence], ConverterTensors],
+    raw_to_tensors_fn: Callable[[RawPiece], ConverterTensors | None] | None = None,
 ) -> ConverterTensors:
-    """Convert each time-change piece, cap each piece's windows, then cap the combination."""
-    pieces = split_on_time_changes(ns) if split else [ns]
+    """Convert each time-change piece, cap each piece's windows, then cap the combination.
+
+    `raw_to_tensors_fn`, when given, is tried first on each piece before its notes are moved
+    (sequences.split_pieces); None from it means "call to_tensors_fn on the moved piece".
+    """
+    raw_pieces = split_pieces(ns) if split and raw_to_tensors_fn is not None else None
+    if raw_pieces is None:
+        pieces = split_on_time_changes(ns) if split else [ns]
+    else:
+        pieces = raw_pieces
     combined: list = []
-    for piece in pieces:
-        combined.extend(maybe_sample_items(to_tensors_fn(piece).items(), sample_size, rng))
+    result = None
+    for piece in pieces:  # convert and sample piece by piece: converters may draw from rng too
+        if raw_pieces is None:
+            result = to_tensors_fn(piece)
+        else:
+            result = raw_to_tensors_fn(piece)
+            if result is None:
+                result = to_tensors_fn(piece.shifted())
+        combined.extend(maybe_sample_items(result.items(), sample_size, rng))
+    if len(pieces) == 1 and (not sample_size or len(result) <= sample_size):
+        return result  # one piece, nothing sampled: the same windows, not rebuilt
     return ConverterTensors.from_items(maybe_sample_items(combined, sample_size, rng))

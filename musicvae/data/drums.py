@@ -10,6 +10,7 @@ Decoding writes each class as its first ("exemplar") pitch, one step long.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +23,15 @@ from musicvae.data.converter import (
     np_onehot,
 )
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo
-from musicvae.data.sequences import QuantizationError, quantize, steps_per_bar
+from musicvae.data.sequences import (
+    QuantizationError,
+    RawPiece,
+    _smf,
+    quantize,
+    quantize_params,
+    quantize_to_step,
+    steps_per_bar,
+)
 
 DRUM_INSTRUMENT = 9
 STANDARD_PPQ = 220
@@ -163,6 +172,48 @@ def extract_drum_tracks(
         tracks.append(track)
 
 
+def drum_tracks_from_onsets(
+    steps: list[int],
+    hits: list[frozenset[int]],
+    gap_bars: float,
+    bar_steps: int,
+    max_steps_truncate: int | None,
+    steps_per_quarter: int = 4,
+) -> list[DrumTrack]:
+    """extract_drum_tracks from the hits alone: the ascending onset steps of the drum notes (with a
+    non-zero velocity) and the class set struck at each, as _smf.drum_onsets returns them."""
+    tracks = []
+    search = 0
+    gap_steps = gap_bars * bar_steps
+    n = len(steps)
+    begin = bisect_left(steps, 0)
+    while begin < n:
+        first = steps[begin]
+        track_start = first - (first - search) % bar_steps
+        # the track runs until an onset comes gap_steps or more after the step ending the last one
+        end = begin + 1
+        previous = first
+        while end < n:
+            step = steps[end]
+            if step - previous - 1 >= gap_steps:
+                break
+            previous = step
+            end += 1
+        length = previous - track_start + 1
+        events = [NO_DRUMS] * (length + -length % bar_steps)
+        for k in range(begin, end):
+            events[steps[k] - track_start] = hits[k]
+        track = DrumTrack(steps_per_bar=bar_steps, steps_per_quarter=steps_per_quarter)
+        track.events = events
+        track.start_step = track_start
+        search = track.end_step + (search - track.end_step) % bar_steps
+        if max_steps_truncate is not None and len(track) > max_steps_truncate:
+            track.set_length(max_steps_truncate - max_steps_truncate % bar_steps)
+        tracks.append(track)
+        begin = bisect_left(steps, search, begin)
+    return tracks
+
+
 class DrumsConverter(DataConverter):
     """Drum windows as roll (multi-hot) or one-hot (2**classes) tensors."""
 
@@ -192,6 +243,7 @@ class DrumsConverter(DataConverter):
         self.pad_to_total_time = pad_to_total_time
         self.roll_input = roll_input
         self.roll_output = roll_output
+        self._eye: np.ndarray | None = None  # one-hot rows, built on first use
         super().__init__(
             input_depth=self.num_classes + 1 if roll_input else 2**self.num_classes,
             output_depth=self.num_classes if roll_output else 2**self.num_classes,
@@ -209,6 +261,47 @@ class DrumsConverter(DataConverter):
         return np_onehot([sum(2**c for c in classes) for classes in events], 2**self.num_classes)
 
     def _to_tensors_fn(self, ns: NoteSequence) -> ConverterTensors:
+        result = self._fast_tensors(ns, ns.notes)
+        return self._to_tensors_slow(ns) if result is None else result
+
+    def _raw_piece_to_tensors(self, raw: RawPiece) -> ConverterTensors | None:
+        return self._fast_tensors(raw.piece, raw.notes, raw.offset, raw.limit)
+
+    def _fast_tensors(self, ns: NoteSequence, notes: list[Note], *shift: float) -> ConverterTensors | None:
+        """The drum hits straight from the notes (moved by `shift` = (offset, limit) and quantised
+        as split and `quantize` would, without copying a note), then the tracks from the hits
+        alone; None when the C helper declines."""
+        try:
+            _, meter, steps_per_second = quantize_params(ns, self.steps_per_quarter)
+        except QuantizationError:
+            return ConverterTensors()
+        fast = _smf.drum_onsets(notes, self.pitch_class_map, steps_per_second, *shift) if _smf is not None else None
+        if fast is None:
+            return None
+        if self.steps_per_quarter * (4.0 / meter.denominator) * meter.numerator != self.steps_per_bar:
+            return ConverterTensors()
+        steps, hits, max_end = fast
+        total_steps = quantize_to_step(ns.total_time, steps_per_second)
+        if max_end is not None and max_end > total_steps:
+            total_steps = max_end
+        return self.tensors_from_onsets(steps, hits, total_steps)
+
+    def onsets_from_quantized(self, qns: NoteSequence) -> tuple[list[int], list[frozenset[int]]] | None:
+        """The hits of a quantised piece (see tensors_from_onsets), or None without the C helper."""
+        fast = _smf.drum_onsets(qns.notes, self.pitch_class_map, 0.0) if _smf is not None else None
+        return None if fast is None else fast[:2]
+
+    def tensors_from_onsets(self, steps: list[int], hits: list[frozenset[int]], total_steps: int) -> ConverterTensors:
+        """The windows of a piece given its drum hits: ascending onset steps and the class set
+        struck at each (drum notes with a mapped pitch and a non-zero velocity), and its
+        quantised length; the piece has the converter's bar length."""
+        tracks = drum_tracks_from_onsets(
+            steps, hits, self.gap_bars, self.steps_per_bar, self.max_steps_truncate, self.steps_per_quarter
+        )
+        return self._tensors_from_tracks(tracks, total_steps)
+
+    def _to_tensors_slow(self, ns: NoteSequence) -> ConverterTensors:
+        """The reference path: quantise, map pitches to classes, extract tracks note by note."""
         try:
             qns = quantize(ns, self.steps_per_quarter)
         except QuantizationError:
@@ -230,10 +323,13 @@ class DrumsConverter(DataConverter):
             ]
         )
         tracks = extract_drum_tracks(qns, self.gap_bars, self.max_steps_truncate)
+        return self._tensors_from_tracks(tracks, qns.total_quantized_steps)
+
+    def _tensors_from_tracks(self, tracks: list[DrumTrack], total_steps: int) -> ConverterTensors:
         if self.pad_to_total_time:
             for t in tracks:
                 t.set_length(len(t) + t.start_step, from_left=True)
-                t.set_length(qns.total_quantized_steps)
+                t.set_length(total_steps)
         if self.slice_steps:
             windows = [
                 tuple(t.events[i - self.slice_steps : i])
@@ -245,8 +341,40 @@ class DrumsConverter(DataConverter):
         # Tuples of frozensets, exactly as Magenta builds them: the set's iteration order,
         # which follows their hashes, decides which windows are kept.
         unique = maybe_sample_items(list(set(windows)), self.max_tensors_per_notesequence, self._sampling_rng)
-        rolls = [self._roll(t) for t in unique] if self.roll_input or self.roll_output else []
-        one_hots = [self._one_hot(t) for t in unique] if not (self.roll_input and self.roll_output) else []
+        return self._encode(unique)
+
+    def _encode(self, unique: list[tuple[frozenset[int], ...]]) -> ConverterTensors:
+        """Roll / one-hot tensors of the kept windows."""
+        width = len(unique[0]) if unique else 0
+        if not unique or self.num_classes > 62 or any(len(t) != width for t in unique):
+            rolls = [self._roll(t) for t in unique] if self.roll_input or self.roll_output else []
+            one_hots = [self._one_hot(t) for t in unique] if not (self.roll_input and self.roll_output) else []
+        else:
+            # Every window at once: the class bits of each step (sum of 2**class), then rolls
+            # as bit tests and one-hots as rows of an identity matrix, a view per window.
+            code_of: dict[frozenset[int], int] = {}
+            codes = []
+            for t in unique:
+                for classes in t:
+                    code = code_of.get(classes)
+                    if code is None:
+                        code = code_of[classes] = sum(2**c for c in classes)
+                    codes.append(code)
+            codes = np.array(codes, dtype=np.int64)
+            shape = (len(unique), width)
+            rolls = one_hots = []
+            if self.roll_input or self.roll_output:
+                bits = (codes[:, None] >> np.arange(self.num_classes, dtype=np.int64)) & 1
+                rolls = list(bits.astype(bool).reshape(*shape, self.num_classes))
+            if not (self.roll_input and self.roll_output):
+                depth = 2**self.num_classes
+                if depth <= 4096:
+                    eye = self._eye
+                    if eye is None:
+                        eye = self._eye = np.eye(depth, dtype=bool)
+                    one_hots = list(eye.take(codes, axis=0).reshape(*shape, depth))
+                else:
+                    one_hots = [np_onehot(c, depth) for c in codes.reshape(shape)]
         if self.roll_input:
             inputs = [np.concatenate([r, ~r.any(axis=1, keepdims=True)], axis=1) for r in rolls]
         else:

@@ -14,7 +14,7 @@ import numpy as np
 
 from musicvae.data.converter import OUTPUT_VELOCITY, ConverterTensors, DataConverter, maybe_sample_items, np_onehot
 from musicvae.data.note_sequence import DEFAULT_QPM, Note, NoteSequence, Tempo
-from musicvae.data.sequences import QuantizationError, _smf, quantize, steps_per_bar
+from musicvae.data.sequences import QuantizationError, RawPiece, _smf, quantize, quantize_piece, steps_per_bar
 
 NOTE_OFF = -1
 NO_EVENT = -2
@@ -116,6 +116,8 @@ def _melody_order(n: Note) -> tuple[int, int]:
 
 
 _quantized_start = attrgetter("quantized_start_step")
+_pitch = attrgetter("pitch")
+_instrument = attrgetter("instrument")
 
 
 def melody_from_quantized(
@@ -207,12 +209,22 @@ def extract_melodies(qns: NoteSequence, gap_bars: float, max_steps_truncate: int
     """melody_pipelines.extract_melodies with MusicVAE's settings (min 1 bar, 1 unique pitch)."""
     bar_steps = int(steps_per_bar(qns))
     melodies = []
-    # One stable sort; each instrument's notes keep that order (as filtering then sorting would).
+    # One stable sort by (start, -pitch), done as two stable C-keyed sorts (pitch descending,
+    # then start); each instrument's notes keep that order (as filtering then sorting would).
+    ordered_all = _smf.melody_order(qns.notes) if _smf is not None else None
+    if ordered_all is None:
+        ordered_all = sorted(qns.notes, key=_pitch, reverse=True)
+        ordered_all.sort(key=_quantized_start)
+    instruments = set(map(_instrument, qns.notes))
     by_instrument: dict[int, list[Note]] = {}
-    for n in sorted(qns.notes, key=_melody_order):
-        by_instrument.setdefault(n.instrument, []).append(n)
+    if len(instruments) == 1:
+        for instrument in instruments:
+            by_instrument[instrument] = ordered_all
+    else:
+        for n in ordered_all:
+            by_instrument.setdefault(n.instrument, []).append(n)
     # A Python set, iterated as Magenta iterates it: the instrument order decides window order.
-    for instrument in set(n.instrument for n in qns.notes):
+    for instrument in instruments:
         ordered = by_instrument[instrument]
         search = 0
         while True:
@@ -262,6 +274,7 @@ class OneHotMelodyConverter(DataConverter):
         self.slice_steps = self.steps_per_bar * slice_bars if slice_bars else None
         self.gap_bars = gap_bars or float("inf")
         self.pad_to_total_time = pad_to_total_time
+        self._eye: np.ndarray | None = None  # one-hot rows, built on first use
         depth = max_pitch - min_pitch + 1 + 2
         super().__init__(
             input_depth=depth,
@@ -284,7 +297,10 @@ class OneHotMelodyConverter(DataConverter):
 
     def _to_tensors_fn(self, ns: NoteSequence) -> ConverterTensors:
         lo, hi, programs = self.min_pitch, self.max_pitch, self.valid_programs
-        if programs is None:
+        kept = _smf.filter_notes(ns.notes, lo, hi, programs) if _smf is not None else None
+        if kept is not None:
+            ns = ns.with_notes(kept)
+        elif programs is None:
             ns = ns.with_notes([n for n in ns.notes if lo <= n.pitch <= hi])
         else:
             ns = ns.with_notes([n for n in ns.notes if n.program in programs and lo <= n.pitch <= hi])
@@ -294,6 +310,24 @@ class OneHotMelodyConverter(DataConverter):
             # Magenta returns nothing for bad meters and negative times, and lets tempo/meter
             # changes escape only when it did not presplit; both mean "no windows" here.
             return ConverterTensors()
+        return self.tensors_from_quantized(qns)
+
+    def _raw_piece_to_tensors(self, raw: RawPiece) -> ConverterTensors | None:
+        # _to_tensors_fn with the notes filtered before they are moved, then moved and quantised
+        # in one copy.
+        if _smf is None:
+            return None
+        kept = _smf.filter_notes(raw.notes, self.min_pitch, self.max_pitch, self.valid_programs)
+        if kept is None:
+            return None
+        try:
+            qns = quantize_piece(raw, kept, self.steps_per_quarter)
+        except QuantizationError:
+            return ConverterTensors()
+        return None if qns is None else self.tensors_from_quantized(qns)
+
+    def tensors_from_quantized(self, qns: NoteSequence) -> ConverterTensors:
+        """The windows of a quantised piece whose notes are already filtered (pitch, program)."""
         if steps_per_bar(qns) != self.steps_per_bar:
             return ConverterTensors()
         melodies = extract_melodies(qns, self.gap_bars, self.max_steps_truncate)
@@ -301,21 +335,37 @@ class OneHotMelodyConverter(DataConverter):
             for m in melodies:
                 m.set_length(len(m) + m.start_step, from_left=True)
                 m.set_length(qns.total_quantized_steps)
-        if self.slice_steps:
-            windows = [
-                _clean_leading_note_offs(m.events[i - self.slice_steps : i])
-                for m in melodies
-                for i in range(self.slice_steps, len(m) + 1, self.steps_per_bar)
-            ]
-        else:
-            windows = [m.events for m in melodies]
         # Magenta dedupes tuples of 1-tuples (its event/chord zip); the set's iteration order,
         # which follows the hashes of exactly these objects, decides which windows are kept.
-        unique = list(set(tuple(zip(w)) for w in windows))
-        unique = maybe_sample_items(unique, self.max_tensors_per_notesequence, self._sampling_rng)
-        offset = self.min_pitch - 2
-        seqs = [np_onehot([e - offset if e >= 0 else e + 2 for (e,) in t], self.output_depth) for t in unique if t]
+        unique = None
+        if self.slice_steps and _smf is not None:  # the same tuples, cut and deduped in C
+            unique = _smf.melody_windows([m.events for m in melodies], self.slice_steps, self.steps_per_bar)
+        if unique is None:
+            if self.slice_steps:
+                windows = [
+                    _clean_leading_note_offs(m.events[i - self.slice_steps : i])
+                    for m in melodies
+                    for i in range(self.slice_steps, len(m) + 1, self.steps_per_bar)
+                ]
+            else:
+                windows = [m.events for m in melodies]
+            unique = list(set(tuple(zip(w)) for w in windows))
+        unique = [t for t in maybe_sample_items(unique, self.max_tensors_per_notesequence, self._sampling_rng) if t]
+        seqs = self._one_hot_windows(unique)
         return ConverterTensors(inputs=seqs, outputs=seqs)
+
+    def _one_hot_windows(self, windows: list[tuple[tuple[int], ...]]) -> list[np.ndarray]:
+        """One [T, depth] one-hot per window (a tuple of 1-tuples of events)."""
+        codes = _smf.melody_codes(windows, self.min_pitch) if _smf is not None and windows else None
+        if codes is None:
+            offset = self.min_pitch - 2
+            return [np_onehot([e - offset if e >= 0 else e + 2 for (e,) in t], self.output_depth) for t in windows]
+        # Equal-length windows: rows of an identity matrix taken in one call, a view per window.
+        eye = self._eye
+        if eye is None or eye.shape[0] != self.output_depth:
+            eye = self._eye = np.eye(self.output_depth, dtype=bool)
+        onehot = eye.take(np.frombuffer(codes, dtype=np.int64), axis=0)
+        return list(onehot.reshape(len(windows), len(windows[0]), self.output_depth))
 
     def to_sequences(self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None) -> list[NoteSequence]:
         sequences = []

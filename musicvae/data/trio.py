@@ -16,11 +16,20 @@ from typing import Sequence
 
 import numpy as np
 
-from musicvae.data.converter import ConverterTensors, DataConverter
+from musicvae.data.converter import ConverterTensors, DataConverter, maybe_sample_items
 from musicvae.data.drums import DrumsConverter
 from musicvae.data.melody import OneHotMelodyConverter
 from musicvae.data.note_sequence import NoteSequence
-from musicvae.data.sequences import QuantizationError, extract_instrument, quantize, steps_per_bar
+from musicvae.data.sequences import (
+    QuantizationError,
+    RawPiece,
+    _smf,
+    extract_instrument,
+    quantize,
+    quantize_piece,
+    quantize_to_step,
+    steps_per_bar,
+)
 
 MAX_INSTRUMENT_NUMBER = 127
 MEL_PROGRAMS = range(0, 32)  # piano, chromatic percussion, organ, guitar
@@ -41,6 +50,8 @@ PROGRAM_TYPES = {
     **{p: InstrumentType.MEL for p in MEL_PROGRAMS},
     **{p: InstrumentType.BASS for p in BASS_PROGRAMS},
 }
+# PROGRAM_TYPES as a table over programs 0..39 (every other program is INVALID)
+_PROGRAM_TYPE_TABLE = np.array([int(PROGRAM_TYPES[p]) for p in range(max(PROGRAM_TYPES) + 1)], dtype=np.int64)
 
 
 class TrioConverter(DataConverter):
@@ -97,6 +108,141 @@ class TrioConverter(DataConverter):
             qns = quantize(ns, self.steps_per_quarter)
         except QuantizationError:
             return ConverterTensors()
+        result = self._from_quantized(ns, qns)
+        return self._to_tensors_slow(ns, qns) if result is None else result
+
+    def _raw_piece_to_tensors(self, raw: RawPiece) -> ConverterTensors | None:
+        try:
+            qns = quantize_piece(raw, raw.notes, self.steps_per_quarter)
+        except QuantizationError:
+            return ConverterTensors()
+        return None if qns is None else self._from_quantized(raw.piece, qns)
+
+    def _from_quantized(self, ns: NoteSequence, qns: NoteSequence) -> ConverterTensors | None:
+        """The windows of quantised piece `qns` (of `ns`, of which only the tempo is read), with
+        array coverage and the sub-converters on the quantised notes; None when the C helpers
+        decline (the caller then takes _to_tensors_slow). Draws from rng only at the end."""
+        if steps_per_bar(qns) != self.steps_per_bar:
+            return ConverterTensors()
+        columns = _smf.note_columns(qns.notes) if _smf is not None else None
+        if columns is None:
+            return None
+        instrument, program, is_drum, start, end = (np.frombuffer(c, dtype=np.int64) for c in columns)
+        if len(instrument) and instrument.min() < 0:  # Python's negative indexing: keep the reference
+            return None
+        bar = self.steps_per_bar
+        total_bars = min(-(-qns.total_quantized_steps // bar), self.max_bars)
+        n_inst = MAX_INSTRUMENT_NUMBER + 1
+
+        # Type of every instrument: the type of all its notes, INVALID when they disagree.
+        keep = instrument <= MAX_INSTRUMENT_NUMBER
+        inst = instrument[keep]
+        known = (program >= 0) & (program < len(_PROGRAM_TYPE_TABLE))
+        inferred = np.where(known, _PROGRAM_TYPE_TABLE[np.where(known, program, 0)], int(InstrumentType.INVALID))
+        inferred = np.where(is_drum != 0, int(InstrumentType.DRUMS), inferred)[keep]
+        lowest = np.full(n_inst, 127, dtype=np.int64)
+        highest = np.full(n_inst, -1, dtype=np.int64)
+        np.minimum.at(lowest, inst, inferred)
+        np.maximum.at(highest, inst, inferred)
+        types = np.where(lowest == highest, lowest, int(InstrumentType.INVALID))
+        types[highest < 0] = int(InstrumentType.UNKNOWN)
+
+        # Bars covered by each instrument: [start bar, ceil(end / bar)) clipped to the piece.
+        start_bar, end_bar = start[keep] // bar, np.minimum(-(-end[keep] // bar), total_bars)
+        marked = (start_bar < total_bars) & (end_bar > start_bar)
+        size = (total_bars + 1) * n_inst
+        delta = np.bincount(start_bar[marked] * n_inst + inst[marked], minlength=size)
+        delta -= np.bincount(end_bar[marked] * n_inst + inst[marked], minlength=size)
+        coverage = np.cumsum(delta.reshape(total_bars + 1, n_inst)[:total_bars], axis=0) > 0
+
+        mel, bass, drums = (
+            np.flatnonzero(types == int(wanted)).tolist()
+            for wanted in (InstrumentType.MEL, InstrumentType.BASS, InstrumentType.DRUMS)
+        )
+        if not (mel and bass and drums):
+            return ConverterTensors()
+
+        # Each instrument's (already quantised) notes, in order.
+        order = np.argsort(instrument, kind="stable")
+        bounds = np.searchsorted(instrument[order], np.arange(n_inst + 1))
+        notes = qns.notes
+
+        def notes_of(i: int) -> list:
+            return [notes[k] for k in order[bounds[i] : bounds[i + 1]].tolist()]
+
+        # Encode each instrument over a total time of whole bars, so every encoding has the same
+        # length (Magenta sets total_time on the sequence itself; same arithmetic order here),
+        # from the notes quantised above: the sub-converters would quantise them identically.
+        padded_total_time = total_bars * bar * 60 / ns.qpm / self.steps_per_quarter
+        steps_per_second = self.steps_per_quarter * qns.tempos[0].qpm / 60.0
+        padded_steps = quantize_to_step(padded_total_time, steps_per_second)
+        encoded: dict[int, np.ndarray] = {}
+        mel_conv, drums_conv = self.melody_converter, self.drums_converter
+        for i in mel + bass + drums:
+            inst_notes = notes_of(i)
+            if i in drums:
+                onsets = drums_conv.onsets_from_quantized(NoteSequence(notes=inst_notes))
+                if onsets is None:
+                    return None
+                total_steps = max([padded_steps, *(n.quantized_end_step for n in inst_notes)])
+                outputs = drums_conv.tensors_from_onsets(*onsets, total_steps).outputs
+            else:
+                lo, hi = mel_conv.min_pitch, mel_conv.max_pitch
+                kept = [n for n in inst_notes if lo <= n.pitch <= hi]
+                total_steps = max([padded_steps, *(n.quantized_end_step for n in kept)])
+                outputs = mel_conv.tensors_from_quantized(
+                    NoteSequence(
+                        notes=kept,
+                        tempos=qns.tempos,
+                        time_signatures=qns.time_signatures,
+                        total_time=padded_total_time,
+                        ticks_per_quarter=qns.ticks_per_quarter,
+                        steps_per_quarter=qns.steps_per_quarter,
+                        total_quantized_steps=total_steps,
+                    )
+                ).outputs
+            if outputs:
+                encoded[i] = outputs[0]
+            else:
+                coverage[:, i] = False
+
+        # Tolerate up to gap_bars empty bars on either side of a covered bar.
+        g = self.gap_bars
+        counts = np.zeros((total_bars + 1, n_inst), dtype=np.int64)
+        np.cumsum(coverage, axis=0, out=counts[1:])
+        rows = np.arange(total_bars)
+        coverage = (counts[np.minimum(total_bars, rows + g + 1)] - counts[np.maximum(0, rows - g)]) > 0
+        return self._windows(coverage, mel, bass, drums, encoded, total_bars)
+
+    def _windows(self, coverage, mel, bass, drums, encoded, total_bars) -> ConverterTensors:
+        """Every (group, first bar) whose slice_bars bars all play, capped as the caller would cap
+        them (the same sampling call on the same list length), then only those kept are built."""
+        g, bar, width = self.gap_bars, self.steps_per_bar, self.slice_bars
+        candidates = []
+        for group in itertools.product(mel, bass, drums):
+            if not all(i in encoded for i in group):
+                continue
+            cols = list(group)
+            group_coverage = coverage[:, cols].all(axis=1)
+            # In the first and last gap_bars bars, any part covering any of those bars covers
+            # them all (Magenta's leniency for re-encoded slices); numpy's slicing, quirks at
+            # small sizes included, is kept on purpose.
+            group_coverage[:g] = coverage[:g, cols].any()
+            group_coverage[-g:] = coverage[-g:, cols].any()
+            if total_bars - width + 1 <= 0:
+                continue
+            gaps = np.zeros(total_bars + 1, dtype=np.int64)
+            np.cumsum(~group_coverage, out=gaps[1:])
+            starts = np.flatnonzero(gaps[width:] == gaps[: total_bars - width + 1])
+            candidates.extend((group, j) for j in starts.tolist())
+        kept = maybe_sample_items(candidates, self.max_tensors_per_notesequence, self._sampling_rng)
+        seqs = [
+            np.concatenate([encoded[i][j * bar : (j + width) * bar] for i in group], axis=-1) for group, j in kept
+        ]
+        return ConverterTensors(inputs=seqs, outputs=seqs)
+
+    def _to_tensors_slow(self, ns: NoteSequence, qns: NoteSequence) -> ConverterTensors:
+        """The reference: note-by-note coverage, sub-converters on each instrument's notes."""
         if steps_per_bar(qns) != self.steps_per_bar:
             return ConverterTensors()
         bar = self.steps_per_bar
@@ -145,23 +291,7 @@ class TrioConverter(DataConverter):
         g = self.gap_bars
         for j in range(total_bars):
             coverage[j] = original[max(0, j - g) : min(total_bars, j + g) + 1].any(axis=0)
-
-        seqs = []
-        for group in itertools.product(mel, bass, drums):
-            if not all(i in encoded for i in group):
-                continue
-            cols = list(group)
-            group_coverage = coverage[:, cols].all(axis=1)
-            # In the first and last gap_bars bars, any part covering any of those bars covers
-            # them all (Magenta's leniency for re-encoded slices); numpy's slicing, quirks at
-            # small sizes included, is kept on purpose.
-            group_coverage[:g] = coverage[:g, cols].any()
-            group_coverage[-g:] = coverage[-g:, cols].any()
-            for j in range(total_bars - self.slice_bars + 1):
-                if group_coverage[j : j + self.slice_bars].all():
-                    rows = slice(j * bar, (j + self.slice_bars) * bar)
-                    seqs.append(np.concatenate([encoded[i][rows] for i in group], axis=-1))
-        return ConverterTensors(inputs=seqs, outputs=seqs)
+        return self._windows(coverage, mel, bass, drums, encoded, total_bars)
 
     def to_sequences(
         self, samples: Sequence[np.ndarray], controls: Sequence[np.ndarray] | None = None
