@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from musicvae.configs import HParams
-from musicvae.nn.lstm import LstmStack, LstmState, state_from_flat
+from musicvae.nn.lstm import LstmStack, LstmState, lstm_decode, state_from_flat, use_step_kernels
 from musicvae.nn.metrics import Stats, segment_sum
 
 
@@ -221,6 +221,8 @@ class BaseLstmDecoder(Decoder):
         Returns the output-layer values [B, T, D'] and the chosen tokens [B, T, output_depth].
         """
         state = self._initial_state(z)
+        if use_step_kernels(aux, self.lstm):
+            return lstm_decode(self.lstm, self.output_projection, first_input, aux, state, choose)
         token, outputs, tokens = first_input, [], []
         for t in range(aux.shape[1]):
             h, state = self.lstm(torch.cat([token, aux[:, t]], dim=-1)[:, None], state)
