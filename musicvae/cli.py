@@ -36,6 +36,7 @@ def _configs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from musicvae.attributes import add_attributes_parser, add_constraints_parser
     from musicvae.convert import add_convert_parser
     from musicvae.generate import add_import_parser
     from musicvae.validate import add_validate_parser
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_validate_parser(sub)
     add_convert_parser(sub)
     add_import_parser(sub)
+    add_attributes_parser(sub)
+    add_constraints_parser(sub)
     return parser
 
 

@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", default="", help="Magenta checkpoints only: hparam overrides k=v,... applied to the "
                    "config (layer sizes are read from the checkpoint)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--attribute", help="shift z along this attribute vector (note_density, c_diatonic, average_interval, "
+                   "syncopation_16th, syncopation_8th), as stored by `musicvae attributes compute`")
+    p.add_argument("--attribute_strength", type=float, default=1.0,
+                   help="multiple of the attribute vector added to z; negative values give less of it (default: 1.0)")
+    p.add_argument("--constraint", help="latent constraint from `musicvae constraints train`: z is mapped by its actor "
+                   "before decoding")
+    p.add_argument("--constraint_target", choices=("low", "high"), default="high",
+                   help="attribute level the constraint aims for (default: high)")
     p.add_argument("--log", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)")
     return p
 
@@ -89,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot=args.plot,
         hparams=args.hparams or None,
         device=args.device,
+        attribute=args.attribute,
+        attribute_strength=args.attribute_strength,
+        constraint=args.constraint,
+        constraint_target=args.constraint_target,
     )
     try:
         generate(opts)

@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that `musicvae confi
     from musicvae.nn.vae import MusicVAE
 
 log = logging.getLogger(__name__)
+
+LatentTransform = Callable[[np.ndarray], np.ndarray]  # z [n, z_size] -> z' [n, z_size]
 
 DEFAULT_TEMPERATURE = 0.5  # music_vae_generate's and the MusicVAE colab's
 GROOVE_TEMPERATURE = 1.0  # the GrooVAE colab's
@@ -226,6 +229,7 @@ class TrainedModel:
         self.model = model.to(self.device).eval()
         self.converter = inference_converter(config)
         self.max_batch_size = max_batch_size
+        self.checkpoint: Path | None = None  # set by from_checkpoint: attribute vectors are stored beside it
 
     @classmethod
     def from_checkpoint(
@@ -260,7 +264,9 @@ class TrainedModel:
                 raise ValueError(f"{p} is a Magenta checkpoint: name its config (--config)")
             config, model, _ = load_magenta_model(get_config(config_name), _magenta_location(p), hparams)
             log.info("loaded Magenta checkpoint %s as %s", p, config.name)
-        return cls(config, model, max_batch_size, device)
+        trained = cls(config, model, max_batch_size, device)
+        trained.checkpoint = ours or p
+        return trained
 
     # --- plumbing -----------------------------------------------------------------------------------
 
@@ -407,15 +413,19 @@ class TrainedModel:
         same_z: bool = False,
         c_input: np.ndarray | None = None,
         seed: int | None = None,
+        transform: LatentTransform | None = None,
     ) -> list[pretty_midi.PrettyMIDI]:
-        """n sequences decoded from z ~ N(0, I) (one z for all of them with `same_z`)."""
+        """n sequences decoded from z ~ N(0, I) (one z for all of them with `same_z`).
+
+        `transform` maps the drawn z [n, z_size] before decoding (an attribute shift, a latent constraint).
+        """
         import torch
 
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
         with self._rng(seed):
             z = torch.randn(1 if same_z else n, self.config.hparams.z_size).expand(n, -1).numpy()
-            return self.decode(z, length, temperature, c_input)
+            return self.decode(transform(z) if transform else z, length, temperature, c_input)
 
     def interpolate(
         self,
@@ -425,9 +435,14 @@ class TrainedModel:
         length: int | None = None,
         temperature: float | None = DEFAULT_TEMPERATURE,
         seed: int | None = None,
+        transform: LatentTransform | None = None,
     ) -> list[pretty_midi.PrettyMIDI]:
-        """`num_steps` sequences along the slerp between the posterior means of two inputs, both ends included."""
-        return self.decode(self.interpolation_z(start, end, num_steps), length, temperature, seed=seed)
+        """`num_steps` sequences along the slerp between the posterior means of two inputs, both ends included.
+
+        `transform` maps the interpolation's points before decoding, as in `sample`.
+        """
+        z = self.interpolation_z(start, end, num_steps)
+        return self.decode(transform(z) if transform else z, length, temperature, seed=seed)
 
     def interpolation_z(self, start: MidiSource, end: MidiSource, num_steps: int) -> np.ndarray:
         """The latent points `interpolate` decodes: slerp(μ_start, μ_end), [num_steps, z_size]."""
@@ -435,6 +450,24 @@ class TrainedModel:
             raise ValueError(f"an interpolation needs num_steps >= 2 (both ends), got {num_steps}")
         _, mu, _ = self.encode([start, end])
         return slerp(mu[0], mu[1], num_steps).astype(np.float32)
+
+    # --- attribute vectors (musicvae.attributes) -----------------------------------------------------
+
+    @functools.cached_property
+    def attribute_vectors(self) -> dict[str, np.ndarray]:
+        """{name: v} stored beside the checkpoint by `musicvae attributes compute`; assignable."""
+        from musicvae.attributes import attributes_path, load_attribute_vectors
+
+        if self.checkpoint is None:
+            raise FileNotFoundError("this model was not loaded from a checkpoint: assign attribute_vectors")
+        return load_attribute_vectors(attributes_path(self.checkpoint), self)
+
+    def apply_attribute(self, z: np.ndarray, name: str, strength: float = 1.0) -> np.ndarray:
+        """z + strength · v_name: more of the attribute for strength > 0, less for strength < 0."""
+        vectors = self.attribute_vectors
+        if name not in vectors:
+            raise ValueError(f"no attribute vector {name!r}; known: {', '.join(vectors)}")
+        return (np.asarray(z, np.float32) + np.float32(strength) * vectors[name]).astype(np.float32)
 
     # --- GrooVAE ------------------------------------------------------------------------------------
 
@@ -496,6 +529,10 @@ class GenerateOptions:
     plot: bool = False
     hparams: str | None = None
     device: str = "cpu"
+    attribute: str | None = None  # shift z along this attribute vector (musicvae attributes compute)
+    attribute_strength: float = 1.0
+    constraint: str | None = None  # latent constraint file (musicvae constraints train)
+    constraint_target: str = "high"
 
 
 def _write(midis: Sequence[pretty_midi.PrettyMIDI], pattern: Path, plot: bool) -> list[Path]:
@@ -543,6 +580,27 @@ def _check_input(converter: DataConverter, path: str, number: int, opts: Generat
         raise MultipleExtractedExamplesError(path, len(outputs), str(pattern))
 
 
+def latent_transform(model: TrainedModel, opts: GenerateOptions) -> LatentTransform | None:
+    """The z hook of --constraint and --attribute (None without them); the constraint goes first, so that
+    the attribute shift starts from the realistic point it maps z to."""
+    if not (opts.constraint or opts.attribute):
+        return None
+    constraint = None
+    if opts.constraint:
+        from musicvae.constraints import load_constraint
+
+        constraint = load_constraint(opts.constraint, model)
+
+    def transform(z: np.ndarray) -> np.ndarray:
+        if constraint is not None:
+            z = constraint.apply(z, opts.constraint_target)
+        if opts.attribute:
+            z = model.apply_attribute(z, opts.attribute, opts.attribute_strength)
+        return z
+
+    return transform
+
+
 def generate(opts: GenerateOptions) -> list[Path]:
     """music_vae_generate: sample or interpolate, write `<config>_<mode>_<date>-NNN-of-NNN.mid` files.
 
@@ -573,10 +631,13 @@ def generate(opts: GenerateOptions) -> list[Path]:
         checkpoint, opts.config, opts.device, min(opts.max_batch_size, opts.num_outputs), opts.hparams
     )
     length = model.config.hparams.max_seq_len
+    transform = latent_transform(model, opts)
     if opts.mode == "sample":
-        midis = model.sample(opts.num_outputs, length, opts.temperature, seed=opts.seed)
+        midis = model.sample(opts.num_outputs, length, opts.temperature, seed=opts.seed, transform=transform)
     else:
-        midis = model.interpolate(opts.input_midi_1, opts.input_midi_2, opts.num_outputs, length, opts.temperature, seed=opts.seed)
+        midis = model.interpolate(
+            opts.input_midi_1, opts.input_midi_2, opts.num_outputs, length, opts.temperature, seed=opts.seed, transform=transform
+        )
     pattern = out_dir / f"{opts.config}_{opts.mode}_{stamp}-*-of-{opts.num_outputs:03d}.mid"
     paths = _write(midis, pattern, opts.plot)
     log.info("wrote %d files to %s", len(paths), out_dir)
