@@ -9,7 +9,8 @@ Columns: steps/s over the timed run (and, on CPU, from the median step time), se
 per step (process time: with 1 thread, the work a step costs whatever the load), GFLOP per
 sequence, achieved TFLOP/s and its share of the peak, and the 1-minute load average.
 
-Each row runs real training steps of the real model, exactly as `musicvae.train.train` does them:
+Each row runs real training steps of the real model through `musicvae.train.optimisation_step`, the
+function the trainer itself calls:
 LR and ε set for the step (`set_optimizer_step`), zero_grad, forward under the trainer's precision
 (bf16 autocast + TF32 on CUDA, fp32 on CPU), backward, Magenta's clipping (`process_gradients`),
 Adam (`make_optimizer`: fused on CUDA), and the on-device loss sums the loop keeps for logging. The
@@ -77,8 +78,7 @@ from musicvae.train import (  # noqa: E402
     epoch_batches,
     make_optimizer,
     open_source,
-    process_gradients,
-    set_optimizer_step,
+    optimisation_step,
 )
 
 CPU_DEFAULT = [("cat-mel_2bar_small", 64)]
@@ -240,18 +240,7 @@ def run_row(args, name: str, batch: int, threads: int, data: str, kernels: str, 
 
     def train_step() -> None:
         nonlocal step
-        inputs, outputs, controls, lengths = batches.next()
-        set_optimizer_step(optimizer, hp, step)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            result = model(inputs, outputs, controls, lengths, step=step)
-        result.loss.backward()
-        norm = process_gradients(params, hp)
-        optimizer.step()
-        sums.add_(torch.stack([
-            result.loss.detach().float(), result.r_loss.detach().float().mean(),
-            result.kl_cost.detach().float().mean(), result.kl.detach().float().mean() / math.log(2), norm.float(),
-        ]))  # fmt: skip
+        sums.add_(optimisation_step(model, optimizer, params, hp, batches.next(), step, autocast)[1])
         step += 1
 
     for _ in range(args.warmup):

@@ -135,6 +135,36 @@ def process_gradients(params: Sequence[nn.Parameter], hp: HParams) -> torch.Tens
     return norm
 
 
+def optimisation_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    hp: HParams,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    step: int,
+    autocast: Any,
+) -> tuple[Any, torch.Tensor]:
+    """One training step as Magenta takes it; returns the model output and the logged statistics.
+
+    The statistics are [loss, mean r_loss, mean kl_cost, mean KL in bits, global norm] as one device
+    tensor, so callers can accumulate them without a host sync. `musicvae.train` and
+    `benchmarks/train.py` both step through here, so the benchmark measures exactly what training does.
+    """
+    inputs, outputs, controls, lengths = batch
+    set_optimizer_step(optimizer, hp, step)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        result = model(inputs, outputs, controls, lengths, step=step)
+    result.loss.backward()
+    norm = process_gradients(params, hp)
+    optimizer.step()
+    stats = torch.stack([
+        result.loss.detach().float(), result.r_loss.detach().float().mean(),
+        result.kl_cost.detach().float().mean(), result.kl.detach().float().mean() / math.log(2), norm.float(),
+    ])  # fmt: skip
+    return result, stats
+
+
 # --- examples ---------------------------------------------------------------------------------------
 
 
@@ -687,18 +717,8 @@ def train(opts: TrainOptions) -> Path:
                     "add data or lower it with --hparams=batch_size=N"
                 )
             for index in batches[batch_in_epoch:]:
-                inputs, outputs, controls, lengths = examples.batch(index, device)
-                set_optimizer_step(optimizer, hp, step)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    result = model(inputs, outputs, controls, lengths, step=step)
-                result.loss.backward()
-                norm = process_gradients(params, hp)
-                optimizer.step()
-                sums += torch.stack([
-                    result.loss.detach().float(), result.r_loss.detach().float().mean(),
-                    result.kl_cost.detach().float().mean(), result.kl.detach().float().mean() / math.log(2), norm.float(),
-                ])  # fmt: skip
+                result, stats = optimisation_step(model, optimizer, params, hp, examples.batch(index, device), step, autocast)
+                sums += stats
                 step, since, batch_in_epoch = step + 1, since + 1, batch_in_epoch + 1
                 bar.update()
                 if step % opts.log_every_steps == 0 or step == opts.num_steps:
