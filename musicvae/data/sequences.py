@@ -213,6 +213,21 @@ def _is_power_of_2(x: int) -> bool:
     return x > 0 and not x & (x - 1)
 
 
+def _quantized(
+    source: NoteSequence, notes: list[Note], tempo: Tempo, meter: TimeSignature, steps_per_quarter: int, total_steps: int
+) -> NoteSequence:
+    """The quantised sequence: `source`'s timing header with its single tempo and meter, and `notes`."""
+    return NoteSequence(
+        notes=notes,
+        tempos=[tempo],
+        time_signatures=[meter],
+        total_time=source.total_time,
+        ticks_per_quarter=source.ticks_per_quarter,
+        steps_per_quarter=steps_per_quarter,
+        total_quantized_steps=total_steps,
+    )
+
+
 def quantize(ns: NoteSequence, steps_per_quarter: int = 4) -> NoteSequence:
     """note_seq.quantize_note_sequence: a quantised copy, or a typed QuantizationError."""
     tempo, meter, steps_per_second = quantize_params(ns, steps_per_quarter)
@@ -222,15 +237,7 @@ def quantize(ns: NoteSequence, steps_per_quarter: int = 4) -> NoteSequence:
         notes, max_end = fast
         if max_end is not None and max_end > total_steps:
             total_steps = max_end
-        return NoteSequence(
-            notes=notes,
-            tempos=[tempo],
-            time_signatures=[meter],
-            total_time=ns.total_time,
-            ticks_per_quarter=ns.ticks_per_quarter,
-            steps_per_quarter=steps_per_quarter,
-            total_quantized_steps=total_steps,
-        )
+        return _quantized(ns, notes, tempo, meter, steps_per_quarter, total_steps)
     notes = []
     for note in ns.notes:
         start = quantize_to_step(note.start_time, steps_per_second)
@@ -242,15 +249,7 @@ def quantize(ns: NoteSequence, steps_per_quarter: int = 4) -> NoteSequence:
         if end > total_steps:
             total_steps = end
         notes.append(replace(note, quantized_start_step=start, quantized_end_step=end))
-    return NoteSequence(
-        notes=notes,
-        tempos=[tempo],
-        time_signatures=[meter],
-        total_time=ns.total_time,
-        ticks_per_quarter=ns.ticks_per_quarter,
-        steps_per_quarter=steps_per_quarter,
-        total_quantized_steps=total_steps,
-    )
+    return _quantized(ns, notes, tempo, meter, steps_per_quarter, total_steps)
 
 
 def quantize_piece(raw: RawPiece, notes: list[Note], steps_per_quarter: int = 4) -> NoteSequence | None:
@@ -265,15 +264,7 @@ def quantize_piece(raw: RawPiece, notes: list[Note], steps_per_quarter: int = 4)
     total_steps = quantize_to_step(raw.piece.total_time, steps_per_second)
     if max_end is not None and max_end > total_steps:
         total_steps = max_end
-    return NoteSequence(
-        notes=notes,
-        tempos=[tempo],
-        time_signatures=[meter],
-        total_time=raw.piece.total_time,
-        ticks_per_quarter=raw.piece.ticks_per_quarter,
-        steps_per_quarter=steps_per_quarter,
-        total_quantized_steps=total_steps,
-    )
+    return _quantized(raw.piece, notes, tempo, meter, steps_per_quarter, total_steps)
 
 
 def quantize_params(ns: NoteSequence, steps_per_quarter: int = 4) -> tuple[Tempo, TimeSignature, float]:
