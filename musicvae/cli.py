@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from importlib.metadata import entry_points
 from typing import Sequence
 
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_attributes_parser(sub)
     add_constraints_parser(sub)
+    # Subcommands of the workflow parts (pipeline, serve): see [project.entry-points."musicvae.commands"].
+    for entry in sorted(entry_points(group="musicvae.commands"), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 
