@@ -165,9 +165,23 @@ class Config:
         return new
 
 
-def _factory(cls: type[DataConverter], **arguments: Any) -> Callable[..., DataConverter]:
-    """A converter constructor with Magenta's arguments that callers may override one by one."""
-    return lambda **overrides: cls(**{**arguments, **overrides})
+@dataclass(frozen=True)
+class ConverterFactory:
+    """A converter class with Magenta's arguments that callers may override one by one.
+
+    A value, not a closure, so two configs can be compared for "same tensors" (e.g. shards converted
+    for one config feeding another).
+    """
+
+    cls: type[DataConverter]
+    arguments: dict[str, Any]
+
+    def __call__(self, **overrides: Any) -> DataConverter:
+        return self.cls(**{**self.arguments, **overrides})
+
+
+def _factory(cls: type[DataConverter], **arguments: Any) -> ConverterFactory:
+    return ConverterFactory(cls, arguments)
 
 
 _melody_2bar = _factory(OneHotMelodyConverter, valid_programs=MEL_PROGRAMS, skip_polyphony=False, max_bars=100, slice_bars=2, steps_per_quarter=4)
@@ -175,11 +189,11 @@ _melody_16bar = _factory(OneHotMelodyConverter, skip_polyphony=False, max_bars=1
 _trio = _factory(TrioConverter, steps_per_quarter=4, slice_bars=16, gap_bars=2)
 
 
-def _drums(**kwargs: Any) -> Callable[..., DataConverter]:
+def _drums(**kwargs: Any) -> ConverterFactory:
     return _factory(DrumsConverter, max_bars=100, slice_bars=2, steps_per_quarter=4, roll_input=True, **kwargs)
 
 
-def _groove(**kwargs: Any) -> Callable[..., DataConverter]:
+def _groove(**kwargs: Any) -> ConverterFactory:
     return _factory(
         GrooveConverter,
         steps_per_quarter=4,

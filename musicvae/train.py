@@ -53,7 +53,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from musicvae.configs import Config, HParams, ModelSpec, get_config
+from musicvae.configs import CONFIG_MAP, Config, HParams, ModelSpec, get_config
 from musicvae.convert import INDEX_NAME, _Reader, config_family, discover_inputs, load_shards
 from musicvae.data.augment import augment_sequence
 from musicvae.data.converter import DataConverter
@@ -297,6 +297,14 @@ class ShardSource:
                 raise TrainingError(
                     f"{d} was converted for {index['config']} (input, output, control depth, max_seq_len = {got}); "
                     f"{config.name} needs {want}. Convert with --config={config.name}."
+                )
+            # Same depths do not mean same tensors: the 2-bar GrooVAE configs differ only in the encoder-input
+            # transform (humanize, tap, hi-hat removal), so the converter itself must match.
+            made_for = CONFIG_MAP.get(index["config"])
+            if made_for is None or made_for.converter_factory != config.converter_factory:
+                raise TrainingError(
+                    f"{d} was converted for {index['config']}, whose converter differs from {config.name}'s; "
+                    f"convert with --config={config.name}."
                 )
             # index.json without drum_map: converted before the option existed, i.e. with the default map.
             made_with = index.get("drum_map", get_config(config.name).drum_map)

@@ -225,6 +225,15 @@ def test_shards_record_the_drum_map_and_training_checks_it(midi: Path, tmp_path:
     assert "converted with --drum_map=gm, but this run uses --drum_map=roland" in err
     assert main(_train_args(GROOVE, tmp_path / "run", tmp_path / "gm", "--drum_map=gm", steps=2)) == 0
     assert torch.load(tmp_path / "run" / "train" / "ckpt-2.pt", weights_only=True)["config"]["drum_map"] == "gm"
+    # Same depths, other encoder-input transform: humanize shards cannot train the tap model.
+    err = _error(_train_args("groovae_2bar_tap_fixed_velocity", tmp_path / "tap", tmp_path / "gm", "--drum_map=gm", steps=2),
+                 capsys)
+    assert f"converted for {GROOVE}, whose converter differs from groovae_2bar_tap_fixed_velocity's" in err
+    # The hits-control alias shares its converter with Magenta's _tfds name, so its shards are accepted.
+    hits = convert("groovae_2bar_hits_control_tfds", midi, tmp_path / "hits", workers=1, mode="train", drum_map="gm")
+    assert hits.num_windows == 48
+    assert main(_train_args("groovae_2bar_hits_control", tmp_path / "hits-run", tmp_path / "hits", "--drum_map=gm",
+                            steps=1)) == 0
 
     # The flag is the same one on `musicvae convert`; configs without a drum map refuse it.
     assert musicvae_main(["convert", f"--config={GROOVE}", f"--examples_path={midi}", "--workers=1",
