@@ -39,7 +39,9 @@ def _configs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from musicvae.attributes import add_attributes_parser, add_constraints_parser
     from musicvae.convert import add_convert_parser
+    from musicvae.gate import add_gate_parser
     from musicvae.generate import add_import_parser
+    from musicvae.package import add_package_parser
     from musicvae.validate import add_validate_parser
 
     parser = argparse.ArgumentParser(prog="musicvae", description="MusicVAE / GrooVAE tools.")
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_attributes_parser(sub)
     add_constraints_parser(sub)
+    add_gate_parser(sub)
+    add_package_parser(sub)
     # Subcommands of the workflow parts (pipeline, serve): see [project.entry-points."musicvae.commands"].
     for entry in sorted(entry_points(group="musicvae.commands"), key=lambda e: e.name):
         entry.load()(sub)
