@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,3 +104,18 @@ def test_gpu_overlay_changes_only_scheduling_resources_and_scaling(rendered):
         http = f"Deployment/musicvae-{service}/spec/template/spec/containers/http"
         assert f"{http}/resources/limits/nvidia.com/gpu" in changed
         assert f"HorizontalPodAutoscaler/musicvae-{service}/spec/maxReplicas" in changed
+
+
+def test_another_kustomize_renders_the_same(_rendered):
+    """The manifests use nothing version-specific: a kubectl on PATH other than the pinned one (here
+    /usr/bin/kubectl, kustomize v5.5) renders byte-for-byte the same documents."""
+    pinned = Path(kubectl()).resolve()
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != pinned.parent]
+    other = shutil.which("kubectl", path=os.pathsep.join(path))
+    if other is None or Path(other).resolve() == pinned:
+        pytest.skip("no second kubectl on PATH to compare with")
+    for target, path in TARGETS.items():
+        out = subprocess.run([other, "kustomize", str(path)], capture_output=True, text=True, check=True,
+                             timeout=120, env={**os.environ, "KUBECONFIG": os.devnull})
+        assert [d for d in yaml.safe_load_all(out.stdout) if d] == _rendered[target], target
