@@ -1,0 +1,1 @@
+"""The convert component (see component.py)."""

@@ -1,0 +1,1 @@
+"""The package component (see component.py)."""

@@ -1,0 +1,304 @@
+"""`musicvae pipeline compile | run --local | submit`: the pipelines of pipelines/ from the command line.
+
+Plugged into `musicvae` through the `musicvae.commands` entry point (pyproject.toml); kfp is imported only
+when a pipeline command runs, so `musicvae --help` stays fast.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import QUICK_STEPS
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = "runs/pipeline"
+
+
+# --- shared -----------------------------------------------------------------------------------------
+
+
+def data_version(data_dir: str | Path, family: str) -> str:
+    """A content hash of what the pipeline reads from a corpus directory (manifest.csv and <family>.tar).
+
+    It keys KFP's cache (an edited corpus at the same path is validated again) and goes into the lineage.
+    """
+    h = hashlib.sha256()
+    for name in ("manifest.csv", f"{family}.tar"):
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a corpus directory holds manifest.csv and <family>.tar "
+                                    "(scripts/build_corpus.py builds one; `dvc pull` fetches data/)")
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def git_commit() -> str:
+    """The commit of this checkout, as the package lineage records it ('unknown' outside git)."""
+    from musicvae.package import Lineage
+
+    return Lineage.collect(run_dir="", config="", repo_dir=REPO).git_commit
+
+
+def _gate_params(params_file: str | None) -> dict[str, Any] | None:
+    from pipelines.training import gate_defaults
+
+    return gate_defaults(Path(params_file)) if params_file else None
+
+
+def _runs(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The `runs` parameter from --runs (JSON) or --config/--hparams/--num_steps; None keeps the default."""
+    if args.runs:
+        runs = json.loads(Path(args.runs).read_text() if Path(args.runs).is_file() else args.runs)
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "config" in r for r in runs):
+            raise ValueError("--runs: a JSON list of {config, hparams, num_steps} objects")
+        return [{"hparams": "", "num_steps": 1000, **r} for r in runs]
+    if not args.config:
+        return None
+    return [{"config": c, "hparams": args.hparams, "num_steps": args.num_steps or QUICK_STEPS} for c in args.config]
+
+
+def _check_configs(runs: list[dict[str, Any]] | None) -> None:
+    from musicvae.configs import get_config
+
+    for r in runs or []:
+        get_config(r["config"]).with_hparams(r.get("hparams", ""))  # unknown names, bad hparams: before any work
+
+
+# --- compile -----------------------------------------------------------------------------------------
+
+
+def _node_selector(text: str) -> tuple[str, str] | None:
+    if text.lower() == "none":
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE or none, got {text!r}")
+    return key, value
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipelines.training import make_training_pipeline
+
+    pipeline = make_training_pipeline(
+        checkpoint_pvc=args.checkpoint_pvc or None,
+        gpu_node_selector=args.gpu_node_selector,
+        gate_params=_gate_params(args.params),
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(out))
+    print(f"compiled {args.pipeline} pipeline to {out}")
+    return 0
+
+
+# --- run --local ---------------------------------------------------------------------------------------
+
+
+def _newest(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def summarize(root: Path, configs: list[str]) -> dict[str, Any]:
+    """Where a local run's results landed: the newest validation outputs and, per config, the gate decision
+    and the packaged model (outputs of cached tasks stay where the run that made them wrote them)."""
+    from musicvae.package import CHECKPOINT_FILE, packaged_models
+
+    found: dict[str, Any] = {"pipeline_root": str(root)}
+    for name in ("report", "quarantine"):
+        paths = _newest(root, f"*/validate/{name}")
+        found[f"validation_{name}"] = str(paths[0]) if paths else None
+    results = {}
+    for config in configs:
+        result: dict[str, Any] = {"decision": None, "passed": None, "model": None}
+        for path in _newest(root, "*/*/gate/decision"):
+            doc = json.loads(path.read_text())
+            if doc.get("config") == config:
+                result.update(decision=str(path), passed=doc["passed"], reasons=doc["reasons"])
+                break
+        for path in _newest(root, "*/*/train/model"):
+            meta = json.loads((path.parent / "executor_output.json").read_text())
+            if meta["artifacts"]["model"]["artifacts"][0]["metadata"].get("config") == config:
+                result["model"] = str(path)
+                break
+        if result["passed"]:
+            mine = [m for m in packaged_models(config)
+                    if str(m.info.metadata.get("lineage", {}).get("run_dir", "")).startswith(str(root))]
+            if mine:
+                result.update(tag=str(mine[-1].tag), checkpoint=mine[-1].path_of(CHECKPOINT_FILE))
+        results[config] = result
+    found["configs"] = results
+    found["bentoml_home"] = os.environ.get("BENTOML_HOME", str(Path("~/bentoml").expanduser()))
+    return found
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from kfp import local
+
+    from pipelines.settings import DEFAULT_RUNS
+    from pipelines.training import make_training_pipeline
+
+    try:
+        runs = _runs(args)
+        _check_configs(runs)
+        version = data_version(args.data_dir, args.family)
+        gate = _gate_params(args.params)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"musicvae pipeline run: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    root = Path(args.pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    # The cache lives in <root>/.kfp_cache: a rerun after a kill skips every task that finished, and the
+    # train task resumes from the checkpoints under <root>/checkpoints.
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=not args.no_cache)
+    pipeline = make_training_pipeline(checkpoint_pvc=None, gate_params=gate)
+    arguments: dict[str, Any] = {
+        "data_uri": str(Path(args.data_dir).resolve()), "data_version": version, "git_commit": git_commit(),
+        "family": args.family, "seed": args.seed, "device": args.device, "work_dir": str(root / "checkpoints"),
+    }  # fmt: skip
+    if runs is not None:
+        arguments["runs"] = runs
+    started = time.monotonic()
+    try:
+        pipeline(**arguments)
+    except RuntimeError as e:  # a task failed: its own message is in the log above
+        print(f"musicvae pipeline run: {e}\nThe failing task's error is in the log above; rerun the same command "
+              f"to resume (finished tasks are cached under {root}/.kfp_cache).", file=sys.stderr)
+        return 1
+    configs = [r["config"] for r in (runs or DEFAULT_RUNS)]
+    summary = summarize(root, configs)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _print_summary(summary, root / "summary.json")
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], path: Path) -> None:
+    print(f"\npipeline finished in {summary['seconds']} s; outputs under {summary['pipeline_root']}")
+    print(f"  validation report   {summary['validation_report']}")
+    print(f"  quarantined files   {summary['validation_quarantine']}")
+    for config, r in summary["configs"].items():
+        print(f"  {config}:")
+        print(f"    trained model     {r['model']}")
+        print(f"    gate              {'passed' if r['passed'] else 'FAILED'} ({r['decision']})")
+        for reason in r.get("reasons", []):
+            print(f"                        {reason}")
+        if r.get("tag"):
+            print(f"    packaged          {r['tag']} in {summary['bentoml_home']}")
+            print(f"    checkpoint        {r['checkpoint']}")
+    print(f"  summary             {path}")
+
+
+# --- submit ------------------------------------------------------------------------------------------
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    import kfp
+
+    from pipelines.training import make_training_pipeline
+
+    try:
+        runs = _runs(args)
+        _check_configs(runs)
+        gate = _gate_params(args.params)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"musicvae pipeline submit: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    pipeline = make_training_pipeline(checkpoint_pvc=args.checkpoint_pvc or None,
+                                      gpu_node_selector=args.gpu_node_selector, gate_params=gate)
+    arguments: dict[str, Any] = {"data_uri": args.data_uri, "data_version": args.data_version,
+                                 "git_commit": git_commit(), "family": args.family, "device": args.device}
+    if runs is not None:
+        arguments["runs"] = runs
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    result = client.create_run_from_pipeline_func(
+        pipeline, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
+        enable_caching=not args.no_cache,
+    )
+    print(f"submitted run {result.run_id} to {args.host}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", default="melody", help="corpus family to validate and train on (default: melody)")
+    p.add_argument("--config", action="append", help="config to train (repeatable; default: the pipeline's "
+                   "runs, one small cat-mel_2bar_small)")
+    p.add_argument("--hparams", default="", help="hparam overrides for every --config, Magenta style")
+    p.add_argument("--num_steps", type=int, help="training steps for every --config")
+    p.add_argument("--runs", help="the runs parameter as JSON (or a JSON file): "
+                   '[{"config": ..., "hparams": ..., "num_steps": ...}, ...]; replaces --config')
+    p.add_argument("--params", default=str(REPO / "params.yaml"),
+                   help="params file whose `gate` section sets the gate (default: the repository's params.yaml)")
+    p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing finished ones")
+
+
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.settings import CHECKPOINT_PVC, GPU_NODE_SELECTOR
+
+    p.add_argument("--checkpoint-pvc", default=CHECKPOINT_PVC,
+                   help=f"PVC mounted into the train task for its checkpoints, so a retry resumes; '' for none "
+                   f"(default: {CHECKPOINT_PVC})")
+    p.add_argument("--gpu-node-selector", type=_node_selector, default=GPU_NODE_SELECTOR, metavar="KEY=VALUE",
+                   help=f"node label the train task is pinned to, or none (default: {'='.join(GPU_NODE_SELECTOR)})")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`musicvae pipeline ...` (the musicvae.commands entry point)."""
+    parser = subparsers.add_parser("pipeline", help="compile, run locally or submit the Kubeflow training pipeline",
+                                   description="The Kubeflow training pipeline (pipelines/training.py): validate -> "
+                                   "for each config: convert, train (GPU), evaluate, gate -> package the winners.")
+    sub = parser.add_subparsers(dest="pipeline_command", required=True)
+
+    p = sub.add_parser("compile", help="write the pipeline's KFP YAML (generated; never edit it)")
+    p.add_argument("--pipeline", default="training", choices=["training"], help="pipeline to compile")
+    p.add_argument("--output", required=True, help="YAML file to write")
+    p.add_argument("--params", default=str(REPO / "params.yaml"),
+                   help="params file whose `gate` section is the gate_params default (default: the repository's)")
+    _add_cluster_arguments(p)
+    p.set_defaults(func=run_compile)
+
+    p = sub.add_parser("run", help="run the pipeline here with kfp.local (no cluster, no Docker)",
+                       description="Run the whole pipeline in this virtual environment with kfp.local's "
+                       "SubprocessRunner. Finished tasks are cached under the pipeline root, so rerunning the same "
+                       "command after a kill resumes; training resumes from its checkpoints. Packaged models go to "
+                       "the BentoML store ($BENTOML_HOME, default ~/bentoml).")
+    p.add_argument("--local", action="store_true", required=True, help="run locally (the only mode of `run`)")
+    p.add_argument("--data_dir", default="data", help="corpus directory: manifest.csv + <family>.tar (default: data)")
+    p.add_argument("--pipeline_root", default=DEFAULT_ROOT, help=f"where outputs, checkpoints and the cache go "
+                   f"(default: {DEFAULT_ROOT})")
+    p.add_argument("--device", default="cpu", help="torch device for training and evaluation (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    _add_run_arguments(p)
+    p.set_defaults(func=run_local)
+
+    p = sub.add_parser("submit", help="submit a run to a Kubeflow Pipelines cluster",
+                       description="Compile the pipeline and start a run on a Kubeflow Pipelines endpoint. The "
+                       "components run in the project image (components/image.py; Dockerfile), which the "
+                       "cluster must be able to pull.")
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    p.add_argument("--data_uri", required=True, help="corpus directory URI the cluster can read, e.g. "
+                   "s3://bucket/musicvae/data or gs://...")
+    p.add_argument("--data_version", default="", help="its version for caching and lineage, e.g. data.dvc's md5")
+    p.add_argument("--device", default="auto", help="torch device in the pods (default: auto, the GPU)")
+    p.add_argument("--experiment", default="musicvae", help="KFP experiment name (default: musicvae)")
+    p.add_argument("--run-name", help="run name (default: generated)")
+    _add_run_arguments(p)
+    _add_cluster_arguments(p)
+    p.set_defaults(func=run_submit)
+    return parser

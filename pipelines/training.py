@@ -1,0 +1,114 @@
+"""The training pipeline: validate the corpus, then for every config in `runs` (dsl.ParallelFor) convert its
+train and held-out splits, train, evaluate, gate, and package the models that pass the gate (dsl.If).
+
+    corpus (importer) ─► validate ─┬─► [for each run]  convert train ─► train (GPU) ─► evaluate ─► gate ─► if passed: package
+                                   └─►                 convert heldout ──────────────────┘
+
+Compiled YAML is generated (`musicvae pipeline compile`), never edited. The train task asks for one
+`nvidia.com/gpu`, tolerates the GPU nodes' taint, is pinned to them by a node selector, retries twice and keeps
+its checkpoints on a persistent volume (`work_dir`), so a retried attempt resumes where the last one stopped.
+Locally (`musicvae pipeline run --local`) the Kubernetes settings are ignored and training runs on the CPU.
+"""
+
+from pathlib import Path
+from typing import Any, List
+
+import yaml
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset
+
+from components.convert.component import convert
+from components.evaluate.component import evaluate
+from components.gate.component import gate
+from components.package.component import package
+from components.train.component import train
+from components.validate.component import validate
+from pipelines.settings import (
+    CHECKPOINT_MOUNT,
+    CHECKPOINT_PVC,
+    DEFAULT_RUNS,
+    GPU_NODE_SELECTOR,
+    GPU_RESOURCE,
+    GPU_TOLERATION,
+    TRAIN_CPU_REQUEST,
+    TRAIN_MEMORY_REQUEST,
+    TRAIN_RETRIES,
+)
+
+PIPELINE_NAME = "musicvae-training"
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def gate_defaults(params_file: Path = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml's `gate` section (thresholds per config, tolerance, compare_to_champion), read at compile time."""
+    if not params_file.is_file():
+        raise FileNotFoundError(f"{params_file} not found: the pipeline's gate defaults are its `gate` section")
+    section = (yaml.safe_load(params_file.read_text()) or {}).get("gate")
+    if not isinstance(section, dict) or not section.get("thresholds"):
+        raise ValueError(f"{params_file}: no `gate.thresholds` section")
+    return section
+
+
+def make_training_pipeline(
+    checkpoint_pvc: str | None = CHECKPOINT_PVC,
+    gpu_node_selector: tuple[str, str] | None = GPU_NODE_SELECTOR,
+    gate_params: dict[str, Any] | None = None,
+) -> Any:
+    """The pipeline, with its cluster settings: the PVC that holds checkpoints (None: no volume, retries then
+    start over) and the GPU nodes' label (None: no node selector)."""
+    default_gate = gate_params if gate_params is not None else gate_defaults()
+    default_work_dir = CHECKPOINT_MOUNT if checkpoint_pvc else ""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="MusicVAE: validate, convert, train, evaluate, gate and package "
+                  "each config of `runs`.")
+    def training(
+        data_uri: str,
+        data_version: str = "",
+        git_commit: str = "",
+        family: str = "melody",
+        runs: List[dict] = DEFAULT_RUNS,
+        gate_params: dict = default_gate,
+        seed: int = 0,
+        device: str = "auto",
+        work_dir: str = default_work_dir,
+        checkpoint_every_secs: float = 60.0,
+    ):
+        """data_uri: corpus directory (manifest.csv + <family>.tar); data_version: its DVC hash (keys caching and
+        lineage); runs: [{config, hparams, num_steps}]; gate_params: params.yaml's `gate` section."""
+        data = dsl.importer(artifact_uri=data_uri, artifact_class=Dataset, reimport=False,
+                            metadata={"data_version": data_version})
+        data.set_display_name("corpus")
+        checked = validate(data=data.output, family=family)
+        with dsl.ParallelFor(items=runs) as run:
+            train_shards = convert(corpus=checked.outputs["corpus"], config=run.config, split="train")
+            train_shards.set_display_name("convert-train")
+            heldout_shards = convert(corpus=checked.outputs["corpus"], config=run.config, split="heldout")
+            heldout_shards.set_display_name("convert-heldout")
+
+            trained = train(shards=train_shards.outputs["shards"], config=run.config, hparams=run.hparams,
+                            num_steps=run.num_steps, seed=seed, device=device, work_dir=work_dir,
+                            checkpoint_every_secs=checkpoint_every_secs)
+            trained.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+            trained.set_cpu_request(TRAIN_CPU_REQUEST).set_memory_request(TRAIN_MEMORY_REQUEST)
+            trained.set_retry(TRAIN_RETRIES, backoff_duration="30s")
+            kubernetes.add_toleration(trained, **GPU_TOLERATION)
+            if gpu_node_selector:
+                kubernetes.add_node_selector(trained, label_key=gpu_node_selector[0], label_value=gpu_node_selector[1])
+            if checkpoint_pvc:
+                kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+
+            evaluated = evaluate(model=trained.outputs["model"], shards=heldout_shards.outputs["shards"],
+                                 config=run.config, device=device, seed=seed)
+            decided = gate(metrics=evaluated.outputs["metrics"], config=run.config, gate_params=gate_params)
+            with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition, not Python
+                package(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
+                        decision=decided.outputs["decision"], corpus=checked.outputs["corpus"],
+                        config=run.config, hparams=run.hparams, num_steps=run.num_steps, seed=seed,
+                        git_commit=git_commit)
+
+    return training
+
+
+def pipelines() -> dict[str, Any]:
+    """Every pipeline of the project, by name (what `musicvae pipeline compile` and the tests iterate)."""
+    return {"training": make_training_pipeline()}
