@@ -177,6 +177,10 @@ def _wrong_port_arg(docs):
     _container(docs)["args"][-1] = "8080"
 
 
+def _both_servers_in_one_container(docs):
+    _container(docs)["args"].remove("--http")
+
+
 def _bentoml_home_not_mounted(docs):
     mounts = _container(docs)["volumeMounts"]
     mounts[:] = [m for m in mounts if m["mountPath"] != "/var/lib/bentoml"]
@@ -234,6 +238,8 @@ BROKEN = {
     "contract: untagged image": ("cpu", _untagged_image, lambda d: contract_problems(d, tag_required=True)),
     "contract: --port differs from the container port": ("cpu", _wrong_port_arg,
                                                          lambda d: contract_problems(d, tag_required=True)),
+    "contract: a container that runs both servers": ("cpu", _both_servers_in_one_container,
+                                                     lambda d: contract_problems(d, tag_required=True)),
 }
 
 
@@ -284,6 +290,7 @@ SAYS = {
     "service: selects both Deployments": "2 Services select its pods",
     "contract: untagged image": "image musicvae-serving has no pinned tag",
     "contract: --port differs from the container port": "serves on --port 8080",
+    "contract: a container that runs both servers": "want exactly one of --http, --grpc",
 }
 
 
