@@ -469,10 +469,10 @@ def network_policy_problems(docs: list[dict]) -> list[str]:
 # ------------------------------------------------------------------------------- the serving contract
 def contract_problems(docs: list[dict], tag_required: bool) -> list[str]:
     """What serving/ relies on (k8s/README.md): every container runs
-    `musicvae serve --service $(MUSICVAE_SERVICE) --http|--grpc --port N` from one image, one container
-    per protocol, N its own port, MUSICVAE_SERVICE naming the Deployment's service; each service deployed
-    once. With `tag_required`
-    (overlays) the image carries an explicit tag other than latest."""
+    `musicvae serve --service $(MUSICVAE_SERVICE) --no_grpc|--grpc --host 0.0.0.0 --port N` from one image,
+    one container per protocol, N its own port, MUSICVAE_SERVICE naming the Deployment's service; each
+    service deployed once. With `tag_required` (overlays) the image carries an explicit tag other than
+    latest."""
     problems = []
     seen = []
     for owner, _, pod in pod_specs(docs):
@@ -488,9 +488,13 @@ def contract_problems(docs: list[dict], tag_required: bool) -> list[str]:
             if args[:4] != ["musicvae", "serve", "--service", "$(MUSICVAE_SERVICE)"]:
                 problems.append(f"{where}: args {args} do not start "
                                 "musicvae serve --service $(MUSICVAE_SERVICE)")
-            protocols = [a for a in args if a in ("--http", "--grpc")]
+            protocols = [a for a in args if a in ("--no_grpc", "--grpc")]
             if len(protocols) != 1:
-                problems.append(f"{where}: args {args} name {protocols}, want exactly one of --http, --grpc")
+                problems.append(f"{where}: args {args} name {protocols}, "
+                                "want exactly one of --no_grpc, --grpc")
+            host = args[args.index("--host") + 1] if "--host" in args[:-1] else None
+            if host != "0.0.0.0":
+                problems.append(f"{where}: binds {host}, not 0.0.0.0: probes and the Service cannot reach it")
             port = args[args.index("--port") + 1] if "--port" in args[:-1] else None
             wanted = GRPC_PORT if "--grpc" in args else HTTP_PORT
             if port != str(wanted) or wanted not in container_ports({"containers": [c]}).values():
@@ -500,9 +504,9 @@ def contract_problems(docs: list[dict], tag_required: bool) -> list[str]:
             if tag_required and (tag is None or tag == "latest"):
                 problems.append(f"{where}: image {image} has no pinned tag")
         modes = sorted(a for c in pod.get("containers", []) for a in c.get("args") or []
-                       if a in ("--http", "--grpc"))
-        if modes != ["--grpc", "--http"]:
-            problems.append(f"{owner}: servers {modes}, want one --http and one --grpc container")
+                       if a in ("--no_grpc", "--grpc"))
+        if modes != ["--grpc", "--no_grpc"]:
+            problems.append(f"{owner}: servers {modes}, want one --no_grpc (HTTP) and one --grpc container")
         if len(values) != 1 or not values <= set(SERVICES):
             problems.append(f"{owner}: MUSICVAE_SERVICE {sorted(map(str, values))}, want one of {SERVICES}")
         seen.extend(values)

@@ -178,7 +178,12 @@ def _wrong_port_arg(docs):
 
 
 def _both_servers_in_one_container(docs):
-    _container(docs)["args"].remove("--http")
+    _container(docs)["args"].remove("--no_grpc")
+
+
+def _loopback(docs):
+    args = _container(docs, "grpc")["args"]
+    args[args.index("--host") + 1] = "127.0.0.1"
 
 
 def _bentoml_home_not_mounted(docs):
@@ -240,6 +245,7 @@ BROKEN = {
                                                          lambda d: contract_problems(d, tag_required=True)),
     "contract: a container that runs both servers": ("cpu", _both_servers_in_one_container,
                                                      lambda d: contract_problems(d, tag_required=True)),
+    "contract: bound to the loopback": ("cpu", _loopback, lambda d: contract_problems(d, tag_required=True)),
 }
 
 
@@ -290,7 +296,8 @@ SAYS = {
     "service: selects both Deployments": "2 Services select its pods",
     "contract: untagged image": "image musicvae-serving has no pinned tag",
     "contract: --port differs from the container port": "serves on --port 8080",
-    "contract: a container that runs both servers": "want exactly one of --http, --grpc",
+    "contract: a container that runs both servers": "want exactly one of --no_grpc, --grpc",
+    "contract: bound to the loopback": "binds 127.0.0.1, not 0.0.0.0",
 }
 
 
