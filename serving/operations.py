@@ -1,0 +1,618 @@
+"""What the services do, in one place: the HTTP service (`serving/service.py`) and the gRPC server
+(`serving/grpc_server.py`) both validate through `serving.schemas`, call `Operations` and map its
+`ServingError`s onto their status codes; neither touches `TrainedModel` directly.
+
+    registry = ModelRegistry.load(["cat-mel_2bar_small"])     # packaged models (BentoML store) or checkpoints
+    ops = Operations(registry)
+    out = ops.sample(SampleRequest(num_outputs=4, format="zip")).result()   # Generated
+    body, media_type, headers = out.http_body()
+
+Every model call runs on one worker thread per process (`ModelWorker`), fed by a bounded queue: the
+callers (the HTTP event loop, gRPC's handler threads) only wait on a future, a full queue is refused at
+once (`Overloaded`: HTTP 429, gRPC RESOURCE_EXHAUSTED) instead of piling up memory, and sampling
+requests that agree on (config, temperature, length) and carry no seed are decoded together in one
+batch as they queue up (adaptive batching: one request alone is decoded alone, a burst is decoded as
+one batch of up to `max_batch_rows` sequences). A seeded request is decoded on its own, in batches of
+min(8, num_outputs) rows as `music_vae_generate --seed` does, so it gives the same notes as that
+command with the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pretty_midi
+import pydantic
+
+from musicvae.data.midi_io import MidiReadError
+from musicvae.data.note_sequence import Note as SeqNote
+from musicvae.data.note_sequence import NoteSequence, Tempo, TimeSignature
+from musicvae.generate import ExtractionError, MultipleExtractedExamplesError, NoExtractedExamplesError, TrainedModel
+
+from serving.schemas import (
+    MAX_UPLOAD_BYTES,
+    DecodeRequest,
+    GrooveOperation,
+    InterpolateRequest,
+    NoteList,
+    OutputFormat,
+    SampleRequest,
+)
+
+log = logging.getLogger(__name__)
+
+MidiInput = Union[bytes, NoteList]  # an uploaded Standard MIDI File or a note list
+
+SEEDED_BATCH_ROWS = 8  # music_vae_generate's --max_batch_size default
+
+
+# --- errors: one class per client-visible outcome, with its HTTP status and gRPC code ----------------
+
+
+class ServingError(Exception):
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServingError):
+    """Unreadable MIDI, out-of-range parameters, malformed fields."""
+
+    http_status, grpc_code = 400, "INVALID_ARGUMENT"
+
+
+class Unsupported(ServingError):
+    """The operation exists but the named model cannot do it (humanize on a melody model, ...)."""
+
+    http_status, grpc_code = 400, "FAILED_PRECONDITION"
+
+
+class ModelNotFound(ServingError):
+    http_status, grpc_code = 404, "NOT_FOUND"
+
+
+class TooLarge(ServingError):
+    http_status, grpc_code = 413, "RESOURCE_EXHAUSTED"
+
+
+class Unprocessable(ServingError):
+    """A readable input without exactly one window the model can take (Magenta's extraction errors)."""
+
+    http_status, grpc_code = 422, "INVALID_ARGUMENT"
+
+
+class Overloaded(ServingError):
+    http_status, grpc_code = 429, "RESOURCE_EXHAUSTED"
+
+
+class TimedOut(ServingError):
+    http_status, grpc_code = 503, "DEADLINE_EXCEEDED"
+
+
+def validation_message(err: pydantic.ValidationError) -> str:
+    """'num_outputs: Input should be less than or equal to 64; ...' from a pydantic error."""
+    parts = []
+    for e in err.errors(include_url=False):
+        where = ".".join(str(p) for p in e.get("loc", ())) or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def validate(model: type[pydantic.BaseModel], **fields: Any) -> Any:
+    """Build a request model from loose fields (gRPC), as InvalidInput with pydantic's reasons."""
+    try:
+        return model(**fields)
+    except pydantic.ValidationError as e:
+        raise InvalidInput(validation_message(e)) from None
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Library exceptions -> ServingError; anything else stays a 500 (and is logged by the caller)."""
+    try:
+        yield
+    except ServingError:
+        raise
+    except MidiReadError as e:
+        raise InvalidInput(f"malformed MIDI: {e}") from None
+    except (NoExtractedExamplesError, MultipleExtractedExamplesError, ExtractionError) as e:
+        raise Unprocessable(str(e)) from None
+    except pydantic.ValidationError as e:
+        raise InvalidInput(validation_message(e)) from None
+    except KeyError as e:  # get_config's unknown-name error
+        raise ModelNotFound(str(e.args[0]) if e.args else "not found") from None
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+
+# --- inputs and outputs -----------------------------------------------------------------------------
+
+
+def midi_source(data: MidiInput, name: str) -> bytes | NoteSequence:
+    """An upload as something `TrainedModel` reads: bytes (size-checked) or a NoteSequence."""
+    if isinstance(data, NoteList):
+        return note_list_to_sequence(data)
+    if not isinstance(data, (bytes, bytearray)):
+        raise InvalidInput(f"{name}: expected MIDI bytes or a note list")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise TooLarge(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES}-byte limit for one MIDI file")
+    if not data:
+        raise InvalidInput(f"malformed MIDI: {name} is empty")
+    if not bytes(data[:4]) == b"MThd":
+        raise InvalidInput(f"malformed MIDI: {name} is not a Standard MIDI File (no MThd header)")
+    return bytes(data)
+
+
+def note_list_to_sequence(notes: NoteList) -> NoteSequence:
+    seq = [
+        SeqNote(n.pitch, n.velocity, n.start_time, n.end_time, n.instrument, n.program, n.is_drum)
+        for n in sorted(notes.notes, key=lambda n: (n.start_time, n.pitch))
+    ]
+    total = max((n.end_time for n in seq), default=0.0)
+    return NoteSequence(notes=seq, tempos=[Tempo(0.0, notes.qpm)], time_signatures=[TimeSignature(0.0, 4, 4)], total_time=total)
+
+
+def midi_to_notes(pm: pretty_midi.PrettyMIDI) -> dict[str, Any]:
+    """A decoded PrettyMIDI as a note list (NoteList's JSON shape)."""
+    _, qpms = pm.get_tempo_changes()
+    notes = []
+    for index, inst in enumerate(pm.instruments):
+        for n in inst.notes:
+            notes.append({
+                "pitch": int(n.pitch),
+                "velocity": int(n.velocity),
+                "start_time": round(float(n.start), 6),
+                "end_time": round(float(n.end), 6),
+                "instrument": index,
+                "program": int(inst.program),
+                "is_drum": bool(inst.is_drum),
+            })
+    notes.sort(key=lambda n: (n["start_time"], n["instrument"], n["pitch"]))
+    return {"qpm": float(qpms[0]) if len(qpms) else 120.0, "notes": notes}
+
+
+def midi_bytes(pm: pretty_midi.PrettyMIDI) -> bytes:
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
+@dataclasses.dataclass
+class Generated:
+    """Decoded sequences, rendered in the requested format on the worker thread."""
+
+    config: str
+    mode: str
+    format: OutputFormat
+    midi: list[bytes] = dataclasses.field(default_factory=list)  # format midi / zip
+    notes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # format notes
+
+    @classmethod
+    def render(cls, midis: Sequence[pretty_midi.PrettyMIDI], config: str, mode: str, fmt: OutputFormat) -> Generated:
+        if fmt is OutputFormat.notes:
+            return cls(config, mode, fmt, notes=[midi_to_notes(m) for m in midis])
+        return cls(config, mode, fmt, midi=[midi_bytes(m) for m in midis])
+
+    def filenames(self) -> list[str]:
+        n = len(self.midi)
+        return [f"{self.config}_{self.mode}-{i + 1:03d}-of-{n:03d}.mid" for i in range(n)]
+
+    def http_body(self) -> tuple[bytes, str, dict[str, str]]:
+        """(body, media type, extra headers) for the HTTP response."""
+        if self.format is OutputFormat.notes:
+            body = json.dumps({"config": self.config, "outputs": self.notes}, separators=(",", ":")).encode()
+            return body, "application/json", {}
+        names = self.filenames()
+        if self.format is OutputFormat.midi:
+            return self.midi[0], "audio/midi", {"content-disposition": f'attachment; filename="{names[0]}"'}
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            for name, data in zip(names, self.midi):
+                zf.writestr(name, data)
+        zip_name = f"{self.config}_{self.mode}.zip"
+        return buf.getvalue(), "application/zip", {"content-disposition": f'attachment; filename="{zip_name}"'}
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+class ModelRegistry:
+    """The served models by config name, each with batch-size views sharing its weights."""
+
+    def __init__(self, models: dict[str, TrainedModel]) -> None:
+        if not models:
+            raise ValueError("no models to serve")
+        self.models = models
+        self.sources: dict[str, str] = {}
+        self._views: dict[tuple[str, int], TrainedModel] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, refs: Sequence[str], device: str = "cpu") -> ModelRegistry:
+        """Load each ref: a checkpoint path (`[config=]path`, config needed for Magenta checkpoints), or a
+        BentoML model tag / config name resolved in the model store by `musicvae.package.load_packaged`."""
+        models: dict[str, TrainedModel] = {}
+        sources: dict[str, str] = {}
+        for ref in refs:
+            ref = ref.strip()
+            if not ref:
+                continue
+            config, _, path = ref.rpartition("=")
+            if Path(path).expanduser().exists() or Path(f"{path}.index").exists():
+                tm = TrainedModel.from_checkpoint(path, config or None, device=device)
+            else:
+                from musicvae.package import load_packaged
+
+                tm = load_packaged(ref, device=device)
+            if tm.config.name in models:
+                raise ValueError(f"two models for config {tm.config.name}: {sources[tm.config.name]} and {ref}")
+            models[tm.config.name], sources[tm.config.name] = tm, ref
+            log.info("serving %s from %s", tm.config.name, ref)
+        registry = cls(models)
+        registry.sources = sources
+        return registry
+
+    @property
+    def default_config(self) -> str:
+        return next(iter(self.models))
+
+    def get(self, config: str) -> TrainedModel:
+        try:
+            return self.models[config]
+        except KeyError:
+            from musicvae.configs import CONFIG_MAP
+
+            served = ", ".join(sorted(self.models))
+            if config not in CONFIG_MAP:
+                raise ModelNotFound(f"unknown config {config!r}; this server has: {served}") from None
+            raise ModelNotFound(f"config {config!r} is not served here; this server has: {served}") from None
+
+    def view(self, config: str, rows: int) -> TrainedModel:
+        """The model of `config` decoding in batches of `rows` (padding shorter batches to it)."""
+        key = (config, rows)
+        with self._lock:
+            if key not in self._views:
+                base = self.get(config)
+                view = TrainedModel(base.config, base.model, max_batch_size=rows, device=base.device)
+                view.checkpoint = base.checkpoint
+                self._views[key] = view
+            return self._views[key]
+
+    def operations_of(self, config: str) -> list[str]:
+        from musicvae.data.groove import GrooveConverter
+
+        tm = self.get(config)
+        conv = tm.converter
+        ops = ["encode", "decode"]
+        if not conv.control_depth:
+            ops += ["sample", "interpolate"]
+        if self.attribute_names(config):
+            ops.append("attribute")
+        if isinstance(conv, GrooveConverter):
+            ops += [op for op, flag in (("humanize", conv.humanize), ("tap_to_drums", conv.tapify), ("add_closed_hh", conv.add_instruments)) if flag]
+            if conv.hits_as_controls:
+                ops.append("transfer_groove")
+        return ops
+
+    def attribute_names(self, config: str) -> list[str]:
+        try:
+            return sorted(self.get(config).attribute_vectors)
+        except (FileNotFoundError, ValueError, OSError):
+            return []
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "config": name,
+                "source": self.sources.get(name, ""),
+                "z_size": tm.config.hparams.z_size,
+                "max_seq_len": tm.config.hparams.max_seq_len,
+                "operations": self.operations_of(name),
+                "attributes": self.attribute_names(name),
+            }
+            for name, tm in self.models.items()
+        ]
+
+
+# --- the worker: one thread runs every model call, batching compatible sample requests ---------------
+
+
+@dataclasses.dataclass
+class _Job:
+    run: Callable[[list[_Job]], list[Any]]  # runs a batch of jobs, one result per job
+    key: Hashable | None  # jobs with the same key may run as one batch; None: alone
+    rows: int
+    payload: Any
+    future: Future = dataclasses.field(default_factory=Future)
+    queued_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class ModelWorker:
+    def __init__(self, max_queue: int = 256, max_batch_rows: int = 64) -> None:
+        self.max_queue = max_queue
+        self.max_batch_rows = max_batch_rows
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.batches = 0  # model calls made (for tests and /models)
+        self.batched_jobs = 0
+        self._thread = threading.Thread(target=self._loop, name="musicvae-model-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, run: Callable[[list[_Job]], list[Any]], payload: Any, key: Hashable | None = None, rows: int = 1) -> Future:
+        job = _Job(run, key, rows, payload)
+        with self._cv:
+            if self._closed:
+                raise Overloaded("the server is shutting down")
+            if len(self._jobs) >= self.max_queue:
+                raise Overloaded(f"server busy: {len(self._jobs)} requests queued; retry shortly")
+            self._jobs.append(job)
+            self._cv.notify()
+        return job.future
+
+    def queued(self) -> int:
+        return len(self._jobs)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            pending = list(self._jobs)
+            self._jobs.clear()
+            self._cv.notify_all()
+        for job in pending:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Overloaded("the server is shutting down"))
+
+    def _take(self) -> list[_Job] | None:
+        with self._cv:
+            while not self._jobs and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return None
+            first = self._jobs.popleft()
+            batch, rows = [first], first.rows
+            if first.key is not None:
+                for job in list(self._jobs):
+                    if job.key == first.key and rows + job.rows <= self.max_batch_rows:
+                        self._jobs.remove(job)
+                        batch.append(job)
+                        rows += job.rows
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            self.batches += 1
+            self.batched_jobs += len(live)
+            try:
+                with translated():
+                    results = live[0].run(live)
+            except Exception as e:  # delivered to every waiting caller
+                if not isinstance(e, ServingError):
+                    log.exception("model call failed")
+                for job in live:
+                    job.future.set_exception(e)
+                continue
+            for job, result in zip(live, results):
+                job.future.set_result(result)
+
+
+# --- the operations -----------------------------------------------------------------------------------
+
+
+def _bucket(rows: int, cap: int) -> int:
+    """Batch rows for a decode of `rows` sequences: the next power of two (few distinct shapes)."""
+    b = 1
+    while b < rows:
+        b *= 2
+    return min(b, cap)
+
+
+class Operations:
+    """Sample, interpolate, encode, decode, attribute shifts and GrooVAE's operations, as futures."""
+
+    def __init__(self, registry: ModelRegistry, max_queue: int | None = None, max_batch_rows: int | None = None) -> None:
+        self.registry = registry
+        self.worker = ModelWorker(
+            max_queue or int(os.environ.get("MUSICVAE_MAX_QUEUE", 256)),
+            max_batch_rows or int(os.environ.get("MUSICVAE_MAX_BATCH_ROWS", 64)),
+        )
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # --- checks done before queueing (cheap, so a bad request never waits behind good ones) ---------
+
+    def _model(self, config: str, operation: str) -> TrainedModel:
+        tm = self.registry.get(config)
+        if operation not in self.registry.operations_of(config):
+            can = ", ".join(self.registry.operations_of(config))
+            raise Unsupported(f"{config} cannot {operation}; it can: {can}")
+        return tm
+
+    @staticmethod
+    def _length(tm: TrainedModel, length: int | None) -> int:
+        max_len = tm.config.hparams.max_seq_len
+        if length is None:
+            return max_len
+        if length > max_len:
+            raise InvalidInput(f"length {length} is over {tm.config.name}'s max_seq_len ({max_len})")
+        return length
+
+    @staticmethod
+    def _format(fmt: OutputFormat, n: int) -> None:
+        if fmt is OutputFormat.midi and n != 1:
+            raise InvalidInput(f"format 'midi' returns one file; for {n} outputs ask for 'zip' or 'notes'")
+
+    # --- sampling -------------------------------------------------------------------------------------
+
+    def sample(self, req: SampleRequest) -> Future:
+        tm = self._model(req.config, "sample")
+        length = self._length(tm, req.length)
+        self._format(req.format, req.num_outputs)
+        key = None if req.seed is not None else ("sample", req.config, req.temperature, length)
+        return self.worker.submit(self._sample_batch, (req, length), key=key, rows=req.num_outputs)
+
+    def _sample_batch(self, jobs: list[_Job]) -> list[Generated]:
+        first, length = jobs[0].payload
+        counts = [job.payload[0].num_outputs for job in jobs]
+        total = sum(counts)
+        if first.seed is not None:  # alone (key None): as music_vae_generate --seed would
+            tm = self.registry.view(first.config, min(SEEDED_BATCH_ROWS, total))
+            midis = tm.sample(total, length, first.temperature, seed=first.seed)
+        else:
+            tm = self.registry.view(first.config, _bucket(total, self.worker.max_batch_rows))
+            midis = tm.sample(total, length, first.temperature)
+        out, start = [], 0
+        for job, n in zip(jobs, counts):
+            req = job.payload[0]
+            out.append(Generated.render(midis[start : start + n], req.config, "sample", req.format))
+            start += n
+        return out
+
+    # --- interpolation, encode, decode ----------------------------------------------------------------
+
+    def interpolate(self, req: InterpolateRequest, input_midi_1: MidiInput, input_midi_2: MidiInput) -> Future:
+        tm = self._model(req.config, "interpolate")
+        length = self._length(tm, req.length)
+        self._format(req.format, req.num_outputs)
+        a, b = midi_source(input_midi_1, "input_midi_1"), midi_source(input_midi_2, "input_midi_2")
+
+        def run(jobs: list[_Job]) -> list[Generated]:
+            view = self.registry.view(req.config, _bucket(req.num_outputs, self.worker.max_batch_rows))
+            for source, name in ((a, "input_midi_1"), (b, "input_midi_2")):
+                self._one_window(view, source, name)
+            midis = view.interpolate(a, b, req.num_outputs, length, req.temperature, seed=req.seed)
+            return [Generated.render(midis, req.config, "interpolate", req.format)]
+
+        return self.worker.submit(run, None)
+
+    @staticmethod
+    def _one_window(tm: TrainedModel, source: bytes | NoteSequence, name: str) -> None:
+        """Name the input in extraction errors (the library says `<N bytes of MIDI>`)."""
+        try:
+            windows = len(tm.converter.to_tensors(source))
+        except MidiReadError as e:
+            raise InvalidInput(f"{name}: malformed MIDI: {e}") from None
+        if windows == 0:
+            raise Unprocessable(
+                f"{name}: no valid input for {tm.config.name} could be extracted (MusicVAE configs have very specific "
+                "input requirements: e.g. a 2-bar melody model needs 2 bars of monophonic notes in 4/4)"
+            )
+        if windows > 1:
+            raise Unprocessable(f"{name}: {windows} valid inputs extracted; exactly one is needed (trim it to one window)")
+
+    def encode(self, config: str, inputs: Sequence[MidiInput], seed: int | None = None) -> Future:
+        tm = self._model(config, "encode")
+        if not inputs:
+            raise InvalidInput("nothing to encode: upload at least one MIDI file")
+        if len(inputs) > 64:
+            raise InvalidInput(f"{len(inputs)} inputs; at most 64 per request")
+        sources = [midi_source(x, f"input {i + 1}") for i, x in enumerate(inputs)]
+
+        def run(jobs: list[_Job]) -> list[dict[str, Any]]:
+            for i, s in enumerate(sources):
+                self._one_window(tm, s, f"input {i + 1}")
+            z, mu, sigma = tm.encode(sources, seed=seed)
+            return [{"config": config, "z": z.tolist(), "mu": mu.tolist(), "sigma": sigma.tolist()}]
+
+        return self.worker.submit(run, None)
+
+    def decode(self, req: DecodeRequest) -> Future:
+        tm = self._model(req.config, "decode")
+        length = self._length(tm, req.length)
+        self._format(req.format, len(req.z))
+        z_size = tm.config.hparams.z_size
+        z = np.asarray(req.z, np.float32) if all(len(r) == z_size for r in req.z) else None
+        if z is None:
+            raise InvalidInput(f"z: every row must have {z_size} values (z_size of {req.config})")
+        if tm.converter.control_depth:
+            raise Unsupported(f"{req.config} decodes with controls; use transfer_groove")
+
+        def run(jobs: list[_Job]) -> list[Generated]:
+            view = self.registry.view(req.config, min(SEEDED_BATCH_ROWS, len(z)))
+            midis = view.decode(z, length, req.temperature, seed=req.seed)
+            return [Generated.render(midis, req.config, "decode", req.format)]
+
+        return self.worker.submit(run, None)
+
+    # --- attribute vectors and GrooVAE ----------------------------------------------------------------
+
+    def attribute(
+        self, config: str, input_midi: MidiInput, attribute: str, strength: float, temperature: float,
+        seed: int | None, fmt: OutputFormat,
+    ) -> Future:
+        tm = self._model(config, "attribute")
+        names = self.registry.attribute_names(config)
+        if attribute not in names:
+            raise InvalidInput(f"unknown attribute {attribute!r}; {config} has: {', '.join(names)}")
+        source = midi_source(input_midi, "input_midi")
+
+        def run(jobs: list[_Job]) -> list[Generated]:
+            self._one_window(tm, source, "input_midi")
+            _, mu, _ = tm.encode([source])
+            midis = tm.decode(tm.apply_attribute(mu, attribute, strength), temperature=temperature, seed=seed)
+            return [Generated.render(midis, config, f"{attribute}", fmt)]
+
+        return self.worker.submit(run, None)
+
+    def groove(
+        self, config: str, operation: GrooveOperation, input_midi: MidiInput, temperature: float, seed: int | None,
+        fmt: OutputFormat,
+    ) -> Future:
+        tm = self._model(config, operation.value)
+        source = midi_source(input_midi, "input_midi")
+        call = {"humanize": tm.humanize, "tap_to_drums": tm.tap_to_drums, "add_closed_hh": tm.add_closed_hh}[operation.value]
+
+        def run(jobs: list[_Job]) -> list[Generated]:
+            midis = call(source, temperature=temperature, seed=seed)
+            self._format(fmt, len(midis))
+            return [Generated.render(midis, config, operation.value, fmt)]
+
+        return self.worker.submit(run, None)
+
+    def transfer_groove(
+        self, config: str, groove_midi: MidiInput, score_midi: MidiInput, temperature: float, seed: int | None,
+        fmt: OutputFormat,
+    ) -> Future:
+        tm = self._model(config, "transfer_groove")
+        groove, score = midi_source(groove_midi, "groove_midi"), midi_source(score_midi, "score_midi")
+
+        def run(jobs: list[_Job]) -> list[Generated]:
+            self._one_window(tm, groove, "groove_midi")
+            midis = tm.transfer_groove(groove, score, temperature=temperature, seed=seed)
+            self._format(fmt, len(midis))
+            return [Generated.render(midis, config, "transfer_groove", fmt)]
+
+        return self.worker.submit(run, None)
+
+    def models(self) -> dict[str, Any]:
+        return {"models": self.registry.describe(), "queued": self.worker.queued()}
+
+
+def result(future: Future, timeout: float) -> Any:
+    """Wait for an operation (gRPC handler threads, tests): TimedOut past `timeout` seconds."""
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        future.cancel()
+        raise TimedOut(f"no answer within {timeout:.0f} s; the server is busy, retry later") from None
