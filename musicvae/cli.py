@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     from musicvae.gate import add_gate_parser
     from musicvae.generate import add_import_parser
     from musicvae.package import add_package_parser
+    from musicvae.retrain import add_retrain_parser
     from musicvae.validate import add_validate_parser
 
     parser = argparse.ArgumentParser(prog="musicvae", description="MusicVAE / GrooVAE tools.")
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_constraints_parser(sub)
     add_gate_parser(sub)
     add_package_parser(sub)
+    add_retrain_parser(sub)
     # Subcommands of the workflow parts (pipeline, serve): see [project.entry-points."musicvae.commands"].
     for entry in sorted(entry_points(group="musicvae.commands"), key=lambda e: e.name):
         entry.load()(sub)
