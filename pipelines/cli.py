@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -92,10 +93,13 @@ def run_compile(args: argparse.Namespace) -> int:
 
     from pipelines.training import make_training_pipeline
 
+    try:
+        gate = _gate_params(args.params)
+    except (OSError, ValueError) as e:
+        print(f"musicvae pipeline compile: error: {e}", file=sys.stderr)
+        return 2
     pipeline = make_training_pipeline(
-        checkpoint_pvc=args.checkpoint_pvc or None,
-        gpu_node_selector=args.gpu_node_selector,
-        gate_params=_gate_params(args.params),
+        checkpoint_pvc=args.checkpoint_pvc or None, gpu_node_selector=args.gpu_node_selector, gate_params=gate
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +178,13 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         pipeline(**arguments)
     except RuntimeError as e:  # a task failed: its own message is in the log above
-        print(f"musicvae pipeline run: {e}\nThe failing task's error is in the log above; rerun the same command "
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # kfp colours task names
+        print(f"musicvae pipeline run: {message}\nThe failing task's error is in the log above; rerun the same command "
               f"to resume (finished tasks are cached under {root}/.kfp_cache).", file=sys.stderr)
+        if "'validate'" in message:  # the data stopped the run before training
+            reports = _newest(root, "*/validate/report")
+            if reports:
+                print(f"The corpus did not pass validation; report: {reports[0]}", file=sys.stderr)
         return 1
     configs = [r["config"] for r in (runs or DEFAULT_RUNS)]
     summary = summarize(root, configs)

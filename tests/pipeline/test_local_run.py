@@ -1,0 +1,82 @@
+"""The whole pipeline, for real, through kfp.local's SubprocessRunner (`musicvae pipeline run --local`): a tiny
+corpus with two corrupt files, a tiny model trained for a few steps, a packaged model at the end; a rerun reuses
+every finished task; a corpus with nothing valid stops before training."""
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from musicvae.cli import main
+from tests.components.corpus import CORRUPT, TINY_HPARAMS, write_corpus
+
+CONFIG = "cat-mel_2bar_small"
+GATE = {"thresholds": {CONFIG: {"min_accuracy": 0.0, "max_r_loss": 1e6}}, "tolerance": 0.02,
+        "compare_to_champion": True}
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in {"OMP_NUM_THREADS": "1", "BENTOML_HOME": str(tmp_path / "bentoml"),
+                       "BENTOML_DO_NOT_TRACK": "true", "TMPDIR": str(tmp_path / "tmp")}.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # kfp.local's per-task folders go under TMPDIR
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": GATE}))
+    return tmp_path
+
+
+def _run(tmp: Path, data: Path, *extra: str) -> int:
+    return main(["pipeline", "run", "--local", "--data_dir", str(data), "--pipeline_root", str(tmp / "root"),
+                 "--params", str(tmp / "params.yaml"), "--config", CONFIG, "--hparams", TINY_HPARAMS,
+                 "--num_steps", "4", *extra])
+
+
+@pytest.mark.slow
+def test_local_run_quarantines_trains_gates_and_packages_then_reuses_finished_work(
+    env: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+):
+    from musicvae.package import resolve_model
+
+    data = write_corpus(env / "data", corrupt=True)
+    assert _run(env, data) == 0
+    summary = json.loads((env / "root" / "summary.json").read_text())
+    quarantined = Path(summary["validation_quarantine"]).read_text()
+    assert all(name in quarantined for name in CORRUPT)
+    result = summary["configs"][CONFIG]
+    assert result["passed"] is True and Path(result["checkpoint"]).is_file()
+    stored = resolve_model(result["tag"])
+    assert stored.info.metadata["step"] == 4
+    assert stored.info.metadata["lineage"]["data_version"].startswith("sha256:")
+    assert Path(result["checkpoint"]).is_relative_to(env / "bentoml")
+    first = capfd.readouterr()
+    assert "pipeline finished" in first.out and result["tag"] in first.out
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert _run(env, data) == 0  # the same run again: every task comes from the cache
+    log = caplog.text
+    for task in ("validate", "convert", "convert-2", "train", "evaluate", "gate"):
+        assert f"Task {task} cache hit" in log, task
+
+
+@pytest.mark.slow
+def test_local_run_stops_before_training_when_no_file_is_valid(env: Path, capfd: pytest.CaptureFixture[str]):
+    data = write_corpus(env / "data", n_train=0, n_heldout=0, corrupt=True)
+    assert _run(env, data) == 1
+    out = capfd.readouterr()
+    assert "no valid melody file" in out.out + out.err
+    assert "Inner task failed: 'validate'" in out.err and "did not pass validation; report:" in out.err
+    assert not list((env / "root").glob("*/for-loop-*/train"))  # nothing was trained
+
+
+def test_run_refuses_a_missing_corpus_and_unknown_configs(env: Path, capsys: pytest.CaptureFixture[str]):
+    assert _run(env, env / "nowhere") == 2
+    assert "manifest.csv not found" in capsys.readouterr().err
+    data = write_corpus(env / "data")
+    assert main(["pipeline", "run", "--local", "--data_dir", str(data), "--config", "no-such-config",
+                 "--params", str(env / "params.yaml"), "--pipeline_root", str(env / "root")]) == 2
+    assert "no-such-config" in capsys.readouterr().err
