@@ -1,0 +1,41 @@
+"""`musicvae serve` itself: given checkpoints (no model store), clean shutdown of both servers on SIGTERM,
+a clear error for a model it cannot load."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from serving.client import MusicVAEClient
+from tests.serving.conftest import CONFIG, MUSICVAE, ROOT, server_env, start_serve
+
+
+def test_serve_a_checkpoint_then_stop_both_on_sigterm(checkpoint: Path, tmp_path: Path):
+    srv = start_serve(tmp_path / "empty_home", tmp_path / "serve.log", ["--checkpoint_file", str(checkpoint), "--service", "sampling"])
+    try:
+        r = httpx.post(f"{srv.url}/sample", json={"format": "notes"}, timeout=30)
+        assert r.status_code == 200 and r.json()["config"] == CONFIG
+        assert httpx.post(f"{srv.url}/interpolate", timeout=30).status_code == 404  # the sampling service only
+        with MusicVAEClient(srv.grpc_target) as c:
+            assert c.health() == "SERVING" and len(c.sample()) == 1
+    finally:
+        assert srv.stop() == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{srv.url}/readyz", timeout=2)
+    with grpc.insecure_channel(srv.grpc_target) as channel:
+        with pytest.raises(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=1)
+    log = srv.log.read_text()
+    assert "Traceback" not in log, log[-2000:]
+
+
+def test_serve_refuses_a_model_it_cannot_find(bentoml_home: Path):
+    out = subprocess.run(
+        [str(MUSICVAE), "serve", "--port", "0", "--models", "cat-drums_2bar_small"],
+        env=server_env(bentoml_home), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "no packaged model for 'cat-drums_2bar_small'" in out.stderr
