@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from musicvae.configs import HParams
 from musicvae.nn.lstm import LstmStack, LstmState, lstm_decode, state_from_flat, use_step_kernels
 from musicvae.nn.metrics import Stats, segment_sum
+from musicvae.nn import sampler
 
 
 def sampling_probability(hparams: HParams, step: int, training: bool) -> float:
@@ -160,6 +161,13 @@ class BaseLstmDecoder(Decoder):
     def _sample(self, rnn_output: Tensor, temperature: float | None) -> Tensor:
         """One step's sample [B, output_depth] from its output-layer values [B, D']."""
 
+    def _categorical_parts(self) -> tuple[int, ...] | None:
+        """Widths of the softmaxes `_sample` draws from, side by side; None if it is not categorical.
+
+        Categorical decoders sample through `musicvae.nn.sampler` (same samples, no per-step overhead).
+        """
+        return None
+
     def loss_and_stats(
         self, rnn_output: Tensor, x_target: Tensor, mask: Tensor, segments: int = 1
     ) -> tuple[Tensor, Stats]:
@@ -194,6 +202,12 @@ class BaseLstmDecoder(Decoder):
         controls: Tensor | None = None,
         start_inputs: Tensor | None = None,
     ) -> DecodeResult:
+        parts = self._categorical_parts()
+        if parts is not None and sampler.applies(self, z):
+            samples, rnn_output = sampler.sample_categorical(
+                self, parts, z, length, temperature, controls, start_inputs
+            )
+            return DecodeResult(samples, rnn_output)
         aux = self._aux_inputs(z, controls, length)
         first = start_inputs if start_inputs is not None else z.new_zeros(z.shape[0], self.output_depth)
         rnn_output, samples = self._decode_stepwise(
@@ -268,6 +282,9 @@ class CategoricalLstmDecoder(BaseLstmDecoder):
     def _sample(self, rnn_output: Tensor, temperature: float | None) -> Tensor:
         return _categorical_sample(rnn_output, temperature)
 
+    def _categorical_parts(self) -> tuple[int, ...] | None:
+        return (self.output_depth,) if type(self)._sample is CategoricalLstmDecoder._sample else None
+
 
 class MultiOutCategoricalLstmDecoder(BaseLstmDecoder):
     """Flat trio: one LSTM whose logits split into independent softmaxes (e.g. [90, 90, 512]).
@@ -302,6 +319,10 @@ class MultiOutCategoricalLstmDecoder(BaseLstmDecoder):
         return torch.cat(
             [_categorical_sample(part, temperature) for part in rnn_output.split(self.output_depths, -1)], -1
         )
+
+    def _categorical_parts(self) -> tuple[int, ...] | None:
+        same = type(self)._sample is MultiOutCategoricalLstmDecoder._sample
+        return tuple(self.output_depths) if same else None
 
 
 class SplitMultiOutDecoder(Decoder):
