@@ -155,7 +155,11 @@ def _store() -> Any:
     from bentoml._internal.models.model import ModelStore
 
     home = os.environ.get("BENTOML_HOME")
-    return ModelStore(Path(home).expanduser() / "models") if home else BentoMLContainer.model_store.get()
+    if not home:
+        return BentoMLContainer.model_store.get()
+    models = Path(home).expanduser() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    return ModelStore(models)
 
 
 def _plain(x: Any) -> Any:
