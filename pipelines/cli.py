@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import QUICK_STEPS
+from pipelines.settings import PARAMS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +51,36 @@ def git_commit() -> str:
     return Lineage.collect(run_dir="", config="", repo_dir=REPO).git_commit
 
 
-def _gate_params(params_file: str | None) -> dict[str, Any] | None:
-    from pipelines.training import gate_defaults
+def _defaults(params_file: str) -> dict[str, Any]:
+    from pipelines.training import read_defaults
 
-    return gate_defaults(Path(params_file)) if params_file else None
+    return read_defaults(params_file)
 
 
-def _runs(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    """The `runs` parameter from --runs (JSON) or --config/--hparams/--num_steps; None keeps the default."""
+def _runs(args: argparse.Namespace, defaults: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The `runs` parameter from --runs (JSON) or --config/--hparams/--num_steps; None keeps params.yaml's.
+
+    A --config that params.yaml's train.configs lists takes its hparams and num_steps from there unless given.
+    """
     if args.runs:
         runs = json.loads(Path(args.runs).read_text() if Path(args.runs).is_file() else args.runs)
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and "config" in r for r in runs):
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and {"config", "num_steps"} <= set(r) for r in runs):
             raise ValueError("--runs: a JSON list of {config, hparams, num_steps} objects")
-        return [{"hparams": "", "num_steps": 1000, **r} for r in runs]
+        return [{"hparams": "", **r} for r in runs]
     if not args.config:
+        if args.hparams is not None or args.num_steps is not None:
+            return [{**r, **({"hparams": args.hparams} if args.hparams is not None else {}),
+                     **({"num_steps": args.num_steps} if args.num_steps is not None else {})} for r in defaults["runs"]]
         return None
-    return [{"config": c, "hparams": args.hparams, "num_steps": args.num_steps or QUICK_STEPS} for c in args.config]
+    known = {r["config"]: r for r in defaults["runs"]}
+    runs = []
+    for config in args.config:
+        steps = args.num_steps if args.num_steps is not None else known.get(config, {}).get("num_steps")
+        if steps is None:
+            raise ValueError(f"--num_steps is needed for {config} (params.yaml's train.configs does not list it)")
+        hparams = args.hparams if args.hparams is not None else known.get(config, {}).get("hparams", "")
+        runs.append({"config": config, "hparams": hparams, "num_steps": steps})
+    return runs
 
 
 def _check_configs(runs: list[dict[str, Any]] | None) -> None:
@@ -94,12 +108,12 @@ def run_compile(args: argparse.Namespace) -> int:
     from pipelines.training import make_training_pipeline
 
     try:
-        gate = _gate_params(args.params)
+        _defaults(args.params)
     except (OSError, ValueError) as e:
         print(f"musicvae pipeline compile: error: {e}", file=sys.stderr)
         return 2
     pipeline = make_training_pipeline(
-        checkpoint_pvc=args.checkpoint_pvc or None, gpu_node_selector=args.gpu_node_selector, gate_params=gate
+        checkpoint_pvc=args.checkpoint_pvc or None, gpu_node_selector=args.gpu_node_selector, params_file=args.params
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,14 +165,14 @@ def summarize(root: Path, configs: list[str]) -> dict[str, Any]:
 def run_local(args: argparse.Namespace) -> int:
     from kfp import local
 
-    from pipelines.settings import DEFAULT_RUNS
     from pipelines.training import make_training_pipeline
 
     try:
-        runs = _runs(args)
+        defaults = _defaults(args.params)
+        runs = _runs(args, defaults)
         _check_configs(runs)
-        version = data_version(args.data_dir, args.family)
-        gate = _gate_params(args.params)
+        family = args.family or defaults["family"]
+        version = data_version(args.data_dir, family)
     except (OSError, ValueError, KeyError) as e:
         print(f"musicvae pipeline run: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -167,13 +181,15 @@ def run_local(args: argparse.Namespace) -> int:
     # The cache lives in <root>/.kfp_cache: a rerun after a kill skips every task that finished, and the
     # train task resumes from the checkpoints under <root>/checkpoints.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=not args.no_cache)
-    pipeline = make_training_pipeline(checkpoint_pvc=None, gate_params=gate)
+    pipeline = make_training_pipeline(checkpoint_pvc=None, params_file=args.params)
     arguments: dict[str, Any] = {
         "data_uri": str(Path(args.data_dir).resolve()), "data_version": version, "git_commit": git_commit(),
-        "family": args.family, "seed": args.seed, "device": args.device, "work_dir": str(root / "checkpoints"),
+        "family": family, "device": args.device, "work_dir": str(root / "checkpoints"),
     }  # fmt: skip
     if runs is not None:
         arguments["runs"] = runs
+    if args.seed is not None:
+        arguments["seed"] = args.seed
     started = time.monotonic()
     try:
         pipeline(**arguments)
@@ -186,7 +202,7 @@ def run_local(args: argparse.Namespace) -> int:
             if reports:
                 print(f"The corpus did not pass validation; report: {reports[0]}", file=sys.stderr)
         return 1
-    configs = [r["config"] for r in (runs or DEFAULT_RUNS)]
+    configs = [r["config"] for r in (runs or defaults["runs"])]
     summary = summarize(root, configs)
     summary["seconds"] = round(time.monotonic() - started, 1)
     (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -219,18 +235,20 @@ def run_submit(args: argparse.Namespace) -> int:
     from pipelines.training import make_training_pipeline
 
     try:
-        runs = _runs(args)
+        defaults = _defaults(args.params)
+        runs = _runs(args, defaults)
         _check_configs(runs)
-        gate = _gate_params(args.params)
     except (OSError, ValueError, KeyError) as e:
         print(f"musicvae pipeline submit: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     pipeline = make_training_pipeline(checkpoint_pvc=args.checkpoint_pvc or None,
-                                      gpu_node_selector=args.gpu_node_selector, gate_params=gate)
+                                      gpu_node_selector=args.gpu_node_selector, params_file=args.params)
     arguments: dict[str, Any] = {"data_uri": args.data_uri, "data_version": args.data_version,
-                                 "git_commit": git_commit(), "family": args.family, "device": args.device}
+                                 "git_commit": git_commit(), "device": args.device}
     if runs is not None:
         arguments["runs"] = runs
+    if args.family:
+        arguments["family"] = args.family
     client = kfp.Client(host=args.host, namespace=args.namespace)
     result = client.create_run_from_pipeline_func(
         pipeline, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
@@ -244,15 +262,15 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default="melody", help="corpus family to validate and train on (default: melody)")
-    p.add_argument("--config", action="append", help="config to train (repeatable; default: the pipeline's "
-                   "runs, one small cat-mel_2bar_small)")
-    p.add_argument("--hparams", default="", help="hparam overrides for every --config, Magenta style")
-    p.add_argument("--num_steps", type=int, help="training steps for every --config")
+    p.add_argument("--family", help="corpus family to validate and train on (default: params.yaml's validate.family)")
+    p.add_argument("--config", action="append", help="config to train (repeatable; default: every config in "
+                   "params.yaml's train.configs)")
+    p.add_argument("--hparams", help="hparam overrides for every config, Magenta style (default: params.yaml's)")
+    p.add_argument("--num_steps", type=int, help="training steps for every config (default: params.yaml's)")
     p.add_argument("--runs", help="the runs parameter as JSON (or a JSON file): "
                    '[{"config": ..., "hparams": ..., "num_steps": ...}, ...]; replaces --config')
-    p.add_argument("--params", default=str(REPO / "params.yaml"),
-                   help="params file whose `gate` section sets the gate (default: the repository's params.yaml)")
+    p.add_argument("--params", default=str(PARAMS_FILE), help="params file with the pipeline's defaults: "
+                   "train.configs (runs), train.seed, validate.family and the gate section (default: the repository's)")
     p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing finished ones")
 
 
@@ -276,8 +294,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="write the pipeline's KFP YAML (generated; never edit it)")
     p.add_argument("--pipeline", default="training", choices=["training"], help="pipeline to compile")
     p.add_argument("--output", required=True, help="YAML file to write")
-    p.add_argument("--params", default=str(REPO / "params.yaml"),
-                   help="params file whose `gate` section is the gate_params default (default: the repository's)")
+    p.add_argument("--params", default=str(PARAMS_FILE), help="params file whose train.configs, train.seed, "
+                   "validate.family and gate section become the parameters' defaults (default: the repository's)")
     _add_cluster_arguments(p)
     p.set_defaults(func=run_compile)
 
@@ -291,7 +309,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pipeline_root", default=DEFAULT_ROOT, help=f"where outputs, checkpoints and the cache go "
                    f"(default: {DEFAULT_ROOT})")
     p.add_argument("--device", default="cpu", help="torch device for training and evaluation (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--seed", type=int, help="training seed (default: params.yaml's train.seed)")
     _add_run_arguments(p)
     p.set_defaults(func=run_local)
 

@@ -1,16 +1,12 @@
-"""The pipelines' settings in one place, importable without kfp (the CLI's --help reads them).
+"""Where the train task runs on a cluster, in one place and importable without kfp (the CLI's --help reads it).
 
-The embedded default run (what `musicvae pipeline run --local` trains when not told otherwise) and where the
-train task runs on a cluster.
+What the pipeline trains by default (configs, hparams, steps, seed, family, gate) is not here: it is read from
+params.yaml at compile time (`pipelines.training.read_defaults`), the file the DVC pipeline reads too.
 """
 
-from typing import Any
+from pathlib import Path
 
-# One small config for a few hundred CPU steps: the quick start (scripts/quickstart.sh).
-QUICK_CONFIG = "cat-mel_2bar_small"
-QUICK_HPARAMS = "batch_size=64,enc_rnn_size=[256],dec_rnn_size=[128,128],z_size=64"
-QUICK_STEPS = 300
-DEFAULT_RUNS: list[dict[str, Any]] = [{"config": QUICK_CONFIG, "hparams": QUICK_HPARAMS, "num_steps": QUICK_STEPS}]
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 # The train task on a cluster: one NVIDIA GPU, the GPU nodes' taint tolerated, pinned to them by a label.
 GPU_RESOURCE = "nvidia.com/gpu"

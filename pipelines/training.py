@@ -26,37 +26,48 @@ from components.validate.component import validate
 from pipelines.settings import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_PVC,
-    DEFAULT_RUNS,
     GPU_NODE_SELECTOR,
     GPU_RESOURCE,
     GPU_TOLERATION,
+    PARAMS_FILE,
     TRAIN_CPU_REQUEST,
     TRAIN_MEMORY_REQUEST,
     TRAIN_RETRIES,
 )
 
 PIPELINE_NAME = "musicvae-training"
-PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
-def gate_defaults(params_file: Path = PARAMS_FILE) -> dict[str, Any]:
-    """params.yaml's `gate` section (thresholds per config, tolerance, compare_to_champion), read at compile time."""
-    if not params_file.is_file():
-        raise FileNotFoundError(f"{params_file} not found: the pipeline's gate defaults are its `gate` section")
-    section = (yaml.safe_load(params_file.read_text()) or {}).get("gate")
-    if not isinstance(section, dict) or not section.get("thresholds"):
-        raise ValueError(f"{params_file}: no `gate.thresholds` section")
-    return section
+def read_defaults(params_file: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The pipeline's defaults from params.yaml, read at compile time: `runs` from train.configs (config,
+    hparams, num_steps), `seed` from train.seed, `family` from validate.family, `gate_params` = the gate section."""
+    path = Path(params_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the pipeline's defaults (configs, steps, gate) come from its "
+                                "train, validate and gate sections")
+    doc = yaml.safe_load(path.read_text()) or {}
+    gate = doc.get("gate")
+    if not isinstance(gate, dict) or not gate.get("thresholds"):
+        raise ValueError(f"{path}: no `gate.thresholds` section")
+    train = doc.get("train") or {}
+    runs = [{"config": name, "hparams": str(c.get("hparams") or ""), "num_steps": int(c["num_steps"])}
+            for name, c in (train.get("configs") or {}).items()]
+    if not runs:
+        raise ValueError(f"{path}: no `train.configs` section (config -> hparams, num_steps)")
+    return {"runs": runs, "gate_params": gate, "seed": int(train.get("seed", 0)),
+            "family": str((doc.get("validate") or {}).get("family", "melody"))}
 
 
 def make_training_pipeline(
     checkpoint_pvc: str | None = CHECKPOINT_PVC,
     gpu_node_selector: tuple[str, str] | None = GPU_NODE_SELECTOR,
-    gate_params: dict[str, Any] | None = None,
+    params_file: str | Path = PARAMS_FILE,
+    **overrides: Any,
 ) -> Any:
     """The pipeline, with its cluster settings: the PVC that holds checkpoints (None: no volume, retries then
-    start over) and the GPU nodes' label (None: no node selector)."""
-    default_gate = gate_params if gate_params is not None else gate_defaults()
+    start over) and the GPU nodes' label (None: no node selector). Parameter defaults come from `params_file`
+    (see `read_defaults`); `overrides` (runs, gate_params, seed, family) replace them."""
+    defaults = {**read_defaults(params_file), **overrides}
     default_work_dir = CHECKPOINT_MOUNT if checkpoint_pvc else ""
 
     @dsl.pipeline(name=PIPELINE_NAME, description="MusicVAE: validate, convert, train, evaluate, gate and package "
@@ -65,10 +76,10 @@ def make_training_pipeline(
         data_uri: str,
         data_version: str = "",
         git_commit: str = "",
-        family: str = "melody",
-        runs: List[dict] = DEFAULT_RUNS,
-        gate_params: dict = default_gate,
-        seed: int = 0,
+        family: str = defaults["family"],
+        runs: List[dict] = defaults["runs"],
+        gate_params: dict = defaults["gate_params"],
+        seed: int = defaults["seed"],
         device: str = "auto",
         work_dir: str = default_work_dir,
         checkpoint_every_secs: float = 60.0,
@@ -109,6 +120,6 @@ def make_training_pipeline(
     return training
 
 
-def pipelines() -> dict[str, Any]:
-    """Every pipeline of the project, by name (what `musicvae pipeline compile` and the tests iterate)."""
-    return {"training": make_training_pipeline()}
+def pipelines(params_file: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Every pipeline of the project, by name (what the tests compile)."""
+    return {"training": make_training_pipeline(params_file=params_file)}

@@ -14,18 +14,25 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate(metrics: Input[Metrics], config: str, gate_params: dict, decision: Output[Artifact]) -> bool:
     """Apply the gate to the eval metrics (the Metrics artifact's file is eval/metrics.json)."""
+    import argparse
     import json
+    import logging
     import tempfile
     from pathlib import Path
 
     import yaml
 
-    from musicvae.cli import main as musicvae_main
+    from musicvae.gate import add_gate_parser
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = Path(tempfile.mkdtemp(prefix="musicvae-gate-")) / "params.yaml"
     params.write_text(yaml.safe_dump({"gate": gate_params}))
+    # `musicvae gate`'s own parser and entry function (not the whole CLI with its plug-ins).
+    parser = argparse.ArgumentParser(prog="musicvae")
+    add_gate_parser(parser.add_subparsers(required=True))
     argv = ["gate", "--config", config, "--metrics", metrics.path, "--params", str(params), "--output", decision.path]
-    if musicvae_main(argv) != 0:
+    args = parser.parse_args(argv)
+    if args.func(args) != 0:
         raise RuntimeError(f"musicvae {' '.join(argv)} failed (see the log above)")
     doc = json.loads(Path(decision.path).read_text())
     decision.metadata.update(config=config, passed=bool(doc["passed"]), reasons=doc["reasons"])

@@ -10,12 +10,14 @@ from musicvae.cli import main
 from pipelines.settings import CHECKPOINT_MOUNT, CHECKPOINT_PVC, GPU_NODE_SELECTOR, GPU_RESOURCE, TRAIN_RETRIES
 
 GATE = {"thresholds": {"cat-mel_2bar_small": {"min_accuracy": 0.5}}, "tolerance": 0.02, "compare_to_champion": True}
+TRAIN = {"seed": 7, "configs": {"cat-mel_2bar_small": {"hparams": "z_size=64", "num_steps": 123},
+                                "hierdec-mel_16bar": {"hparams": "", "num_steps": 50000}}}
 
 
 @pytest.fixture
 def params(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"gate": GATE}))
+    path.write_text(yaml.safe_dump({"gate": GATE, "train": TRAIN, "validate": {"family": "melody"}}))
     return path
 
 
@@ -35,9 +37,9 @@ def _train_executor(spec: dict) -> tuple[str, dict]:
 def test_every_pipeline_compiles(tmp_path: Path):
     from kfp import compiler
 
-    from pipelines.training import make_training_pipeline
+    from pipelines.training import pipelines
 
-    for name, pipeline in {"training": make_training_pipeline(gate_params=GATE)}.items():
+    for name, pipeline in pipelines().items():  # with the repository's params.yaml
         compiler.Compiler().compile(pipeline, str(tmp_path / f"{name}.yaml"))
         assert yaml.safe_load_all((tmp_path / f"{name}.yaml").read_text())
 
@@ -65,8 +67,13 @@ def test_compiled_yaml_holds_the_graph_and_the_defaults(tmp_path: Path, params: 
     assert loop["train"]["retryPolicy"]["maxRetryCount"] == TRAIN_RETRIES
     assert "gate-Output" in loop["condition-2"]["triggerPolicy"]["condition"]
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert inputs["gate_params"]["defaultValue"] == GATE  # read from the params file at compile time
-    assert inputs["runs"]["defaultValue"][0]["config"] == "cat-mel_2bar_small"
+    # read from the params file at compile time
+    assert inputs["gate_params"]["defaultValue"] == GATE
+    assert inputs["runs"]["defaultValue"] == [
+        {"config": "cat-mel_2bar_small", "hparams": "z_size=64", "num_steps": 123},
+        {"config": "hierdec-mel_16bar", "hparams": "", "num_steps": 50000},
+    ]
+    assert inputs["seed"]["defaultValue"] == 7 and inputs["family"]["defaultValue"] == "melody"
     assert inputs["work_dir"]["defaultValue"] == CHECKPOINT_MOUNT
 
 
@@ -78,7 +85,7 @@ def test_cluster_settings_can_be_switched_off(tmp_path: Path, params: Path):
     assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == ""
 
 
-def test_compile_without_gate_params_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_compile_without_a_params_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["pipeline", "compile", "--output", str(tmp_path / "p.yaml"), "--params", str(tmp_path / "x.yaml")]) == 2
-    assert "x.yaml not found: the pipeline's gate defaults are its `gate` section" in capsys.readouterr().err
+    assert "x.yaml not found: the pipeline's defaults (configs, steps, gate)" in capsys.readouterr().err
     assert not (tmp_path / "p.yaml").exists()

@@ -25,14 +25,14 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(key, value)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", None)  # kfp.local's per-task folders go under TMPDIR
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": GATE}))
+    train = {"seed": 0, "configs": {CONFIG: {"hparams": TINY_HPARAMS, "num_steps": 4}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": GATE, "train": train}))
     return tmp_path
 
 
 def _run(tmp: Path, data: Path, *extra: str) -> int:
     return main(["pipeline", "run", "--local", "--data_dir", str(data), "--pipeline_root", str(tmp / "root"),
-                 "--params", str(tmp / "params.yaml"), "--config", CONFIG, "--hparams", TINY_HPARAMS,
-                 "--num_steps", "4", *extra])
+                 "--params", str(tmp / "params.yaml"), *extra])
 
 
 @pytest.mark.slow
@@ -77,6 +77,7 @@ def test_run_refuses_a_missing_corpus_and_unknown_configs(env: Path, capsys: pyt
     assert _run(env, env / "nowhere") == 2
     assert "manifest.csv not found" in capsys.readouterr().err
     data = write_corpus(env / "data")
-    assert main(["pipeline", "run", "--local", "--data_dir", str(data), "--config", "no-such-config",
-                 "--params", str(env / "params.yaml"), "--pipeline_root", str(env / "root")]) == 2
+    assert _run(env, data, "--config", "no-such-config", "--num_steps", "3") == 2
     assert "no-such-config" in capsys.readouterr().err
+    assert _run(env, data, "--config", "hierdec-mel_16bar") == 2
+    assert "--num_steps is needed for hierdec-mel_16bar" in capsys.readouterr().err
