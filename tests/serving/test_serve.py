@@ -39,3 +39,42 @@ def test_serve_refuses_a_model_it_cannot_find(bentoml_home: Path):
         env=server_env(bentoml_home), cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "no packaged model for 'cat-drums_2bar_small'" in out.stderr
+
+
+def test_bentoml_build_packs_the_model_and_the_bento_serves(bentoml_home: Path, tmp_path: Path):
+    """`bentoml build` offline into the temporary store, then `bentoml serve <bento>` answers /sample."""
+    import shutil
+    import sys
+    import time
+
+    from tests.serving.conftest import Server, free_port
+
+    home = tmp_path / "home"
+    shutil.copytree(bentoml_home, home)
+    env = server_env(home, MUSICVAE_MODELS=CONFIG)
+    bentoml = [sys.executable, "-m", "bentoml"]
+    out = subprocess.run([*bentoml, "build", "-f", "serving/bentofile.yaml", "--output", "tag", "."], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith("musicvae:")
+    (bento_yaml,) = (home / "bentos" / "musicvae").glob("*/bento.yaml")
+    assert "musicvae-cat-mel_2bar_small" in bento_yaml.read_text()  # the model is part of the Bento
+
+    port = free_port()
+    log = (tmp_path / "bento.log").open("wb")
+    proc = subprocess.Popen([*bentoml, "serve", tag, "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, 0, tmp_path / "bento.log")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{srv.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        r = httpx.post(f"{srv.url}/sample", json={}, timeout=30)
+        assert r.status_code == 200 and r.content.startswith(b"MThd"), srv.log.read_text()[-2000:]
+    finally:
+        srv.stop()
