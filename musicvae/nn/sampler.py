@@ -125,8 +125,10 @@ def sample_categorical(
     first = None if start_inputs is None else start_inputs.to(z.dtype) @ w.tokens
     state = decoder._initial_state(z)
     logits, tokens = _decode(w, tuple(parts), aux_w, state.h, state.c, first, length, temperature)
-    samples = torch.cat([F.one_hot(tokens[:, p].t(), depth) for p, depth in enumerate(parts)], -1)
-    return samples.to(z.dtype), logits.transpose(0, 1)
+    samples = z.new_zeros(z.shape[0], length, sum(parts))  # one-hot by scatter: no host-side range checks
+    for p, part in enumerate(samples.split(tuple(parts), -1)):
+        part.scatter_(-1, tokens[:, p].t()[..., None], 1.0)
+    return samples, logits.transpose(0, 1)
 
 
 def _decode(
