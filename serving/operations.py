@@ -420,11 +420,9 @@ class ModelWorker:
 
 
 def _bucket(rows: int, cap: int) -> int:
-    """Batch rows for a decode of `rows` sequences: the next power of two (few distinct shapes)."""
-    b = 1
-    while b < rows:
-        b *= 2
-    return min(b, cap)
+    """Batch rows for a decode of `rows` sequences: all of them, up to `cap` (TrainedModel pads a short
+    batch up to its batch size, which on the CPU would be work thrown away)."""
+    return max(1, min(rows, cap))
 
 
 class Operations:
@@ -606,7 +604,8 @@ class Operations:
         return self.worker.submit(run, None)
 
     def models(self) -> dict[str, Any]:
-        return {"models": self.registry.describe(), "queued": self.worker.queued()}
+        w = self.worker
+        return {"models": self.registry.describe(), "queued": w.queued(), "model_calls": w.batches, "requests_served": w.batched_jobs}
 
 
 def result(future: Future, timeout: float) -> Any:

@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = float(os.environ.get("MUSICVAE_REQUEST_TIMEOUT", 30))
 MAX_CONCURRENCY = int(os.environ.get("MUSICVAE_MAX_CONCURRENCY", 128))  # per server: more get 429 at once
 WORKERS = int(os.environ.get("MUSICVAE_WORKERS", 1))
+ACCESS_LOG = os.environ.get("MUSICVAE_ACCESS_LOG", "1") not in ("0", "false", "no")  # one line per request
 MAX_JSON_BYTES = 4 * MAX_UPLOAD_BYTES  # note lists of MAX_NOTES notes fit
 MAX_MULTIPART_BYTES = 2 * MAX_UPLOAD_BYTES + 64 * 1024  # two uploads and the form fields
 MidiFile = Annotated[Path, ContentType("audio/midi")]
@@ -202,6 +204,9 @@ class _Base:
             stored = getattr(self, f"model_{i}")  # resolved by BentoML: the store's copy, or the Bento's
             refs.append(stored.path_of(CHECKPOINT_FILE))
             sources[refs[-1]] = str(stored.tag)
+        # The model worker thread holds the GIL between torch ops; a short switch interval lets the event
+        # loop take it back quickly to parse requests and send answers (5 ms by default: slow under load).
+        sys.setswitchinterval(float(os.environ.get("MUSICVAE_SWITCH_INTERVAL", 0.0005)))
         registry = ModelRegistry.load(refs)
         registry.sources = {name: sources.get(src, src) for name, src in registry.sources.items()}
         self.ops = Operations(registry)
@@ -379,6 +384,7 @@ def _service(name: str, doc: str, *bases: type) -> Any:
         traffic={"timeout": REQUEST_TIMEOUT + 5, "max_concurrency": MAX_CONCURRENCY},
         resources={"cpu": "2", "memory": "2Gi"},
         envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+        logging={"access": {"enabled": ACCESS_LOG}},
     )(cls)
     routes = {"/" + api.route.strip("/") for api in svc.apis.values()}
     svc.add_asgi_middleware(
