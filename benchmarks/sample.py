@@ -8,8 +8,8 @@ Each row builds the config's model with its preset hparams (untrained weights: t
 does not depend on them) in a `TrainedModel` whose `max_batch_size` is the row's batch, and times,
 after one untimed call (which also lays the weights out and, on CUDA, captures the graph):
 
-  decode   `model.decode` of one batch of z already on the device, to one-hot samples on the device
-           (through `TrainedModel._decode_batch`: the CUDA graph replay on CUDA);
+  decode   (CUDA only) `model.decode` of one batch of z already on the device, to one-hot samples on the
+           device (through `TrainedModel._decode_batch`: the CUDA graph replay), synchronised;
   sample   what `TrainedModel.sample(batch, temperature=0.5, seed=…)` does up to the output tensors:
            z ~ N(0, I) drawn on the host, `decode_to_tensors` (padding, host→device, decode,
            device→host, numpy) — the end-to-end figure compared with Magenta;
@@ -102,14 +102,13 @@ def run_row(args, name: str, batch: int, threads: int, path: str, device: torch.
         if path == "reference" and sampler is not None:
             stack.enter_context(sampler.fast_sampling(False))
         samples = sample()  # untimed: weight layout, CUDA graph capture, allocator warm-up
-        decode()
-        timed_decode = time_calls(decode, args.seconds, args.min_calls, device)
+        timed_decode = time_calls(decode, args.seconds, args.min_calls, device) if device.type == "cuda" else None
         timed_sample = time_calls(sample, args.seconds, args.min_calls, device)
     midi = time_calls(lambda: model.converter.from_tensors(list(samples)), min(args.seconds, 1.0), 1, torch.device("cpu"))
     magenta = MAGENTA_MS.get((name, batch)) if device.type == "cpu" else None
     row = {
         "config": name, "batch": batch, "device": _device_name(device), "threads": threads, "path": path,
-        "decode_ms": timed_decode["ms"], "decode_best_ms": timed_decode["best_ms"],
+        "decode_ms": timed_decode and timed_decode["ms"], "decode_best_ms": timed_decode and timed_decode["best_ms"],
         "sample_ms": timed_sample["ms"], "sample_best_ms": timed_sample["best_ms"],
         "sample_cpu_ms": timed_sample["cpu_ms"], "samples_per_s": batch / timed_sample["ms"] * 1e3,
         "midi_ms": midi["ms"], "calls": timed_sample["calls"], "magenta_ms": magenta,
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fast: the default (sampler + CUDA graphs); eager: no CUDA graphs; reference: the "
                    "generic step loop (default: fast)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row and figure (default: 3)")
-    p.add_argument("--min-calls", type=int, default=2, help="timed calls at least (default: 2)")
+    p.add_argument("--min-calls", type=int, default=1, help="timed calls at least (default: 1)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
@@ -161,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_row(args, name, batch, threads, path, device)
                     rows.append(row)
                     vs = f"{row['vs_magenta']:.1f}x" if row["vs_magenta"] else "n/a"
-                    print(f"{name:<20} {batch:>5} {threads:>3} {path:<9} {row['decode_ms']:>10.2f} {row['sample_ms']:>10.2f} "
+                    decode = f"{row['decode_ms']:.2f}" if row["decode_ms"] is not None else "n/a"
+                    print(f"{name:<20} {batch:>5} {threads:>3} {path:<9} {decode:>10} {row['sample_ms']:>10.2f} "
                           f"{row['sample_best_ms']:>9.2f} {row['samples_per_s']:>10.1f} {row['sample_cpu_ms']:>9.2f} "
                           f"{row['midi_ms']:>8.2f} {vs:>10} {row['load']:>5.2f}", flush=True)
     if args.json:
