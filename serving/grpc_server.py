@@ -240,6 +240,7 @@ class GrpcServer:
     def __init__(self, ops: Operations, port: int = 50051, host: str = "127.0.0.1", max_concurrent_rpcs: int | None = None) -> None:
         limit = max_concurrent_rpcs or int(os.environ.get("MUSICVAE_GRPC_MAX_CONCURRENCY", 128))
         self.ops = ops
+        ops.warm_up()  # before health says SERVING
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="grpc"),
             maximum_concurrent_rpcs=limit,

@@ -603,6 +603,12 @@ class Operations:
 
         return self.worker.submit(run, None)
 
+    def warm_up(self) -> None:
+        """One small sample per model that can sample, so that the first request is not the slow one."""
+        for config in self.registry.models:
+            if "sample" in self.registry.operations_of(config):
+                result(self.sample(SampleRequest(config=config, format=OutputFormat.midi)), 120)
+
     def models(self) -> dict[str, Any]:
         w = self.worker
         return {"models": self.registry.describe(), "queued": w.queued(), "model_calls": w.batches, "requests_served": w.batched_jobs}

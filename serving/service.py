@@ -210,6 +210,7 @@ class _Base:
         registry = ModelRegistry.load(refs)
         registry.sources = {name: sources.get(src, src) for name, src in registry.sources.items()}
         self.ops = Operations(registry)
+        self.ops.warm_up()  # before /readyz says ready
 
     async def _answer(self, submit: Callable[[], Future]) -> Response:
         future = None
