@@ -345,8 +345,9 @@ class _Job:
 
 
 class ModelWorker:
-    def __init__(self, max_queue: int = 256, max_batch_rows: int = 64) -> None:
+    def __init__(self, max_queue: int = 256, max_batch_rows: int = 64, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_queue = max_queue
+        self.on_batch = on_batch  # called with the number of requests in each model call (metrics)
         self.max_batch_rows = max_batch_rows
         self._jobs: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
@@ -403,6 +404,8 @@ class ModelWorker:
                 continue
             self.batches += 1
             self.batched_jobs += len(live)
+            if self.on_batch is not None:
+                self.on_batch(len(live))
             try:
                 with translated():
                     results = live[0].run(live)
@@ -428,11 +431,15 @@ def _bucket(rows: int, cap: int) -> int:
 class Operations:
     """Sample, interpolate, encode, decode, attribute shifts and GrooVAE's operations, as futures."""
 
-    def __init__(self, registry: ModelRegistry, max_queue: int | None = None, max_batch_rows: int | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, max_queue: int | None = None, max_batch_rows: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.registry = registry
         self.worker = ModelWorker(
             max_queue or int(os.environ.get("MUSICVAE_MAX_QUEUE", 256)),
             max_batch_rows or int(os.environ.get("MUSICVAE_MAX_BATCH_ROWS", 64)),
+            on_batch,
         )
 
     def close(self) -> None:

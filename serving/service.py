@@ -107,6 +107,25 @@ def store_tags() -> list[str]:
 STORE_TAGS = store_tags()
 
 
+def batch_histogram() -> Any:
+    """musicvae_batch_requests: requests answered per model call (adaptive batching at work), in /metrics.
+
+    Created when the service starts, in its worker process, after BentoML has set up prometheus_client's
+    multiprocess mode; one per process."""
+    global _BATCH_HISTOGRAM
+    if _BATCH_HISTOGRAM is None:
+        from prometheus_client import Histogram
+
+        _BATCH_HISTOGRAM = Histogram(
+            "musicvae_batch_requests", "Requests answered by one model call (adaptive batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+    return _BATCH_HISTOGRAM
+
+
+_BATCH_HISTOGRAM = None
+
+
 # --- HTTP guard: content types and body sizes, before BentoML parses anything ---------------------
 
 
@@ -209,7 +228,7 @@ class _Base:
         sys.setswitchinterval(float(os.environ.get("MUSICVAE_SWITCH_INTERVAL", 0.0005)))
         registry = ModelRegistry.load(refs)
         registry.sources = {name: sources.get(src, src) for name, src in registry.sources.items()}
-        self.ops = Operations(registry)
+        self.ops = Operations(registry, on_batch=batch_histogram().observe)
         self.ops.warm_up()  # before /readyz says ready
 
     async def _answer(self, submit: Callable[[], Future]) -> Response:

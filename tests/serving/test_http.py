@@ -76,6 +76,7 @@ def test_models_health_metrics(http: httpx.Client):
     assert http.get("/readyz").status_code == 200 and http.get("/livez").status_code == 200
     metrics = http.get("/metrics").text
     assert "bentoml_service_request_total" in metrics and 'endpoint="/sample"' in metrics
+    assert "musicvae_batch_requests_count" in metrics  # requests per model call
 
 
 def test_openapi_documents_every_endpoint_with_examples(http: httpx.Client):
