@@ -40,7 +40,6 @@ from starlette.responses import JSONResponse, Response
 
 from serving.operations import (
     Generated,
-    InvalidInput,
     ModelRegistry,
     Operations,
     ServingError,
@@ -78,8 +77,7 @@ WORKERS = int(os.environ.get("MUSICVAE_WORKERS", 1))
 ACCESS_LOG = os.environ.get("MUSICVAE_ACCESS_LOG", "1") not in ("0", "false", "no")  # one line per request
 MAX_JSON_BYTES = 4 * MAX_UPLOAD_BYTES  # note lists of MAX_NOTES notes fit
 MAX_MULTIPART_BYTES = 2 * MAX_UPLOAD_BYTES + 64 * 1024  # two uploads and the form fields
-MidiFile = Annotated[Path, ContentType("audio/midi")]
-Midi = Annotated[Path, ContentType("audio/midi")]
+MidiFile = Annotated[Path, ContentType("audio/midi")]  # documented answer type (zip and JSON too: see each docstring)
 
 
 # --- models named at class level --------------------------------------------------------------------
