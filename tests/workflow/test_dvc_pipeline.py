@@ -154,3 +154,16 @@ def test_workflow_triggers_and_steps():
     assert runs.index(next(r for r in runs if "bootstrap" in r)) < runs.index(next(r for r in runs if "retrain" in r))
     assert job["env"]["KFP_HOST"] == "${{ vars.KFP_HOST }}"
     assert job["timeout-minutes"] <= 90
+
+
+def test_deps_are_repository_files_or_outputs_of_earlier_stages():
+    dvc, params = _load("dvc.yaml"), _load("params.yaml")
+    produced: list[str] = []
+    for name, key, item, body in _instances(dvc["stages"], params):
+        for dep in (_render(d, key, item, params) for d in body.get("deps", [])):
+            if dep.startswith("runs/"):
+                assert any(dep == p or dep.startswith(p + "/") for p in produced), f"{name}@{key}: {dep} is made by no earlier stage"
+            else:
+                assert (ROOT / dep).exists(), f"{name}@{key}: {dep} does not exist"
+        for section in ("outs", "metrics", "plots"):
+            produced += [_render(p, key, item, params) for p in _paths(body.get(section, []))]
