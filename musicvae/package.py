@@ -225,7 +225,7 @@ def resolve_model(ref: str) -> Model:
     if ":" in ref:
         try:
             return bentoml.models.get(ref, _model_store=store)
-        except bentoml.exceptions.NotFound:
+        except (bentoml.exceptions.BentoMLException, ValueError):  # not found, or not a valid tag
             raise PackageError(f"no model {ref} in the store; {_store_listing()}") from None
     config_name = ref[len(NAME_PREFIX):] if ref.startswith(NAME_PREFIX) else ref
     models = packaged_models(config_name)

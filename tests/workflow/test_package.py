@@ -187,3 +187,8 @@ def test_package_command_on_a_wrong_checkpoint(trained_run: Path, eval_metrics: 
     assert "lineage says cat-mel_2bar_big" in capsys.readouterr().err
     assert main(["package", "--run_dir", str(empty), *base]) == EXIT_BAD_CHECKPOINT
     shutil.rmtree(empty)
+
+
+def test_an_invalid_tag_is_reported_as_not_found(store: Path):
+    with pytest.raises(PackageError, match="no model Bad Tag:x in the store"):
+        load_packaged("Bad Tag:x")
