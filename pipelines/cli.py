@@ -64,22 +64,23 @@ def _runs(args: argparse.Namespace, defaults: dict[str, Any]) -> list[dict[str, 
     """
     if args.runs:
         runs = json.loads(Path(args.runs).read_text() if Path(args.runs).is_file() else args.runs)
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and {"config", "num_steps"} <= set(r) for r in runs):
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and {"config", "num_steps"} <= r.keys()
+                                                 for r in runs):
             raise ValueError("--runs: a JSON list of {config, hparams, num_steps} objects")
         return [{"hparams": "", **r} for r in runs]
-    if not args.config:
-        if args.hparams is not None or args.num_steps is not None:
-            return [{**r, **({"hparams": args.hparams} if args.hparams is not None else {}),
-                     **({"num_steps": args.num_steps} if args.num_steps is not None else {})} for r in defaults["runs"]]
+    if not args.config and args.hparams is None and args.num_steps is None:
         return None
     known = {r["config"]: r for r in defaults["runs"]}
     runs = []
-    for config in args.config:
-        steps = args.num_steps if args.num_steps is not None else known.get(config, {}).get("num_steps")
-        if steps is None:
+    for config in args.config or list(known):
+        run = {"config": config, "hparams": "", **known.get(config, {})}
+        if args.hparams is not None:
+            run["hparams"] = args.hparams
+        if args.num_steps is not None:
+            run["num_steps"] = args.num_steps
+        if "num_steps" not in run:
             raise ValueError(f"--num_steps is needed for {config} (params.yaml's train.configs does not list it)")
-        hparams = args.hparams if args.hparams is not None else known.get(config, {}).get("hparams", "")
-        runs.append({"config": config, "hparams": hparams, "num_steps": steps})
+        runs.append(run)
     return runs
 
 
@@ -180,7 +181,8 @@ def run_local(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     # The cache lives in <root>/.kfp_cache: a rerun after a kill skips every task that finished, and the
     # train task resumes from the checkpoints under <root>/checkpoints.
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=not args.no_cache)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=not args.no_cache)
     pipeline = make_training_pipeline(checkpoint_pvc=None, params_file=args.params)
     arguments: dict[str, Any] = {
         "data_uri": str(Path(args.data_dir).resolve()), "data_version": version, "git_commit": git_commit(),
@@ -195,8 +197,8 @@ def run_local(args: argparse.Namespace) -> int:
         pipeline(**arguments)
     except RuntimeError as e:  # a task failed: its own message is in the log above
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # kfp colours task names
-        print(f"musicvae pipeline run: {message}\nThe failing task's error is in the log above; rerun the same command "
-              f"to resume (finished tasks are cached under {root}/.kfp_cache).", file=sys.stderr)
+        print(f"musicvae pipeline run: {message}\nThe failing task's error is in the log above; rerun the same "
+              f"command to resume (finished tasks are cached under {root}/.kfp_cache).", file=sys.stderr)
         if "'validate'" in message:  # the data stopped the run before training
             reports = _newest(root, "*/validate/report")
             if reports:
@@ -270,7 +272,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", help="the runs parameter as JSON (or a JSON file): "
                    '[{"config": ..., "hparams": ..., "num_steps": ...}, ...]; replaces --config')
     p.add_argument("--params", default=str(PARAMS_FILE), help="params file with the pipeline's defaults: "
-                   "train.configs (runs), train.seed, validate.family and the gate section (default: the repository's)")
+                   "train.configs (runs), train.seed, validate.family and the gate section "
+                   "(default: the repository's)")
     p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing finished ones")
 
 

@@ -1,8 +1,8 @@
 """The training pipeline: validate the corpus, then for every config in `runs` (dsl.ParallelFor) convert its
 train and held-out splits, train, evaluate, gate, and package the models that pass the gate (dsl.If).
 
-    corpus (importer) ─► validate ─┬─► [for each run]  convert train ─► train (GPU) ─► evaluate ─► gate ─► if passed: package
-                                   └─►                 convert heldout ──────────────────┘
+    corpus ─► validate ─► for each run: convert train ─► train (GPU) ─► evaluate ─► gate ─► if passed: package
+                                        convert heldout ─────────────────┘
 
 Compiled YAML is generated (`musicvae pipeline compile`), never edited. The train task asks for one
 `nvidia.com/gpu`, tolerates the GPU nodes' taint, is pinned to them by a node selector, retries twice and keeps
@@ -104,14 +104,16 @@ def make_training_pipeline(
             trained.set_retry(TRAIN_RETRIES, backoff_duration="30s")
             kubernetes.add_toleration(trained, **GPU_TOLERATION)
             if gpu_node_selector:
-                kubernetes.add_node_selector(trained, label_key=gpu_node_selector[0], label_value=gpu_node_selector[1])
+                key, value = gpu_node_selector
+                kubernetes.add_node_selector(trained, label_key=key, label_value=value)
             if checkpoint_pvc:
                 kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
 
             evaluated = evaluate(model=trained.outputs["model"], shards=heldout_shards.outputs["shards"],
                                  config=run.config, device=device, seed=seed)
             decided = gate(metrics=evaluated.outputs["metrics"], config=run.config, gate_params=gate_params)
-            with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition, not Python
+            # `== True` builds a KFP condition; it is not a Python comparison
+            with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
                 package(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
                         decision=decided.outputs["decision"], corpus=checked.outputs["corpus"],
                         config=run.config, hparams=run.hparams, num_steps=run.num_steps, seed=seed,

@@ -35,7 +35,8 @@ def package(
 
     eval_metrics = json.loads(Path(metrics.path).read_text())
     gate_decision = GateDecision.load(decision.path)
-    data_version = corpus.metadata.get("data_version") or f"shards:{model.metadata.get('shards_fingerprint', 'unknown')}"
+    shards = model.metadata.get("shards_fingerprint", "unknown")
+    data_version = corpus.metadata.get("data_version") or f"shards:{shards}"
     lineage = Lineage(data_version=data_version, git_commit=git_commit or "unknown", config=config,
                       params={"hparams": hparams, "num_steps": num_steps, "seed": seed}, run_dir=model.uri)
     tag = package_model(model.path, eval_metrics, lineage, gate=gate_decision)

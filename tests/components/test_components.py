@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,13 @@ LOOSE_GATE = {"thresholds": {CONFIG: {"min_accuracy": 0.0, "max_r_loss": 1e6}}, 
 @pytest.fixture(scope="module", autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory):
     """One thread, and the model store and temporary files in this test's directory."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "BENTOML_HOME", "BENTOML_DO_NOT_TRACK")}
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "TMPDIR")}
+    scratch = str(tmp_path_factory.mktemp("tmp"))  # the components' own temporary folders
     os.environ.update(OMP_NUM_THREADS="1", BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml")),
-                      BENTOML_DO_NOT_TRACK="true")
+                      BENTOML_DO_NOT_TRACK="true", TMPDIR=scratch)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, scratch
     yield
+    tempfile.tempdir = saved_tempdir
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -57,7 +57,8 @@ def test_compiled_yaml_requests_a_gpu_and_carries_the_kubernetes_settings(tmp_pa
     # only training asks for the GPU
     others = [e for n, e in spec["deploymentSpec"]["executors"].items() if n != name and "container" in e]
     assert others and not any("accelerator" in e["container"].get("resources", {}) for e in others)
-    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e} == {IMAGE}
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
+    assert images == {IMAGE}
 
 
 def test_compiled_yaml_holds_the_graph_and_the_defaults(tmp_path: Path, params: Path):
@@ -86,6 +87,7 @@ def test_cluster_settings_can_be_switched_off(tmp_path: Path, params: Path):
 
 
 def test_compile_without_a_params_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    assert main(["pipeline", "compile", "--output", str(tmp_path / "p.yaml"), "--params", str(tmp_path / "x.yaml")]) == 2
+    missing = str(tmp_path / "x.yaml")
+    assert main(["pipeline", "compile", "--output", str(tmp_path / "p.yaml"), "--params", missing]) == 2
     assert "x.yaml not found: the pipeline's defaults (configs, steps, gate)" in capsys.readouterr().err
     assert not (tmp_path / "p.yaml").exists()
