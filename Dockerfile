@@ -25,8 +25,9 @@ RUN python -m venv .venv \
 COPY . .
 RUN bash scripts/bootstrap.sh && .venv/bin/musicvae configs > /dev/null
 
-# `python3` of the component command is the project's interpreter; the default model store is a volume mount
-# point (BENTOML_HOME), so packaged models can outlive the pod.
+# `python3` of the component command is the project's interpreter. The model store (BENTOML_HOME) is where the
+# pipeline mounts the PVC musicvae-model-store into the gate and package tasks (pipelines/settings.py), so
+# packaged models outlive the pod and the gate finds the champion.
 ENV PATH=/opt/musicvae/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BENTOML_HOME=/mnt/bentoml \

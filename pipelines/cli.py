@@ -114,7 +114,8 @@ def run_compile(args: argparse.Namespace) -> int:
         print(f"musicvae pipeline compile: error: {e}", file=sys.stderr)
         return 2
     pipeline = make_training_pipeline(
-        checkpoint_pvc=args.checkpoint_pvc or None, gpu_node_selector=args.gpu_node_selector, params_file=args.params
+        checkpoint_pvc=args.checkpoint_pvc or None, gpu_node_selector=args.gpu_node_selector,
+        model_store_pvc=args.model_store_pvc or None, params_file=args.params,
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,7 @@ def run_local(args: argparse.Namespace) -> int:
     # train task resumes from the checkpoints under <root>/checkpoints.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=not args.no_cache)
-    pipeline = make_training_pipeline(checkpoint_pvc=None, params_file=args.params)
+    pipeline = make_training_pipeline(checkpoint_pvc=None, model_store_pvc=None, params_file=args.params)
     arguments: dict[str, Any] = {
         "data_uri": str(Path(args.data_dir).resolve()), "data_version": version, "git_commit": git_commit(),
         "family": family, "device": args.device, "work_dir": str(root / "checkpoints"),
@@ -244,7 +245,8 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"musicvae pipeline submit: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     pipeline = make_training_pipeline(checkpoint_pvc=args.checkpoint_pvc or None,
-                                      gpu_node_selector=args.gpu_node_selector, params_file=args.params)
+                                      gpu_node_selector=args.gpu_node_selector,
+                                      model_store_pvc=args.model_store_pvc or None, params_file=args.params)
     arguments: dict[str, Any] = {"data_uri": args.data_uri, "data_version": args.data_version,
                                  "git_commit": git_commit(), "device": args.device}
     if runs is not None:
@@ -278,11 +280,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    from pipelines.settings import CHECKPOINT_PVC, GPU_NODE_SELECTOR
+    from pipelines.settings import CHECKPOINT_PVC, GPU_NODE_SELECTOR, MODEL_STORE_MOUNT, MODEL_STORE_PVC
 
     p.add_argument("--checkpoint-pvc", default=CHECKPOINT_PVC,
                    help=f"PVC mounted into the train task for its checkpoints, so a retry resumes; '' for none "
                    f"(default: {CHECKPOINT_PVC})")
+    p.add_argument("--model-store-pvc", default=MODEL_STORE_PVC,
+                   help=f"PVC mounted at {MODEL_STORE_MOUNT} (the image's BENTOML_HOME) into the gate and package "
+                   f"tasks: the model store they share; '' for none (default: {MODEL_STORE_PVC})")
     p.add_argument("--gpu-node-selector", type=_node_selector, default=GPU_NODE_SELECTOR, metavar="KEY=VALUE",
                    help=f"node label the train task is pinned to, or none (default: {'='.join(GPU_NODE_SELECTOR)})")
 

@@ -17,3 +17,7 @@ TRAIN_RETRIES = 2
 # A volume that outlives the train pods: checkpoints go there, so a retried attempt resumes.
 CHECKPOINT_PVC = "musicvae-checkpoints"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
+# The BentoML model store shared by the gate (which reads the champion) and package (which writes) tasks: the
+# image's BENTOML_HOME (Dockerfile) is this mount point.
+MODEL_STORE_PVC = "musicvae-model-store"
+MODEL_STORE_MOUNT = "/mnt/bentoml"

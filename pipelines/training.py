@@ -29,6 +29,8 @@ from pipelines.settings import (
     GPU_NODE_SELECTOR,
     GPU_RESOURCE,
     GPU_TOLERATION,
+    MODEL_STORE_MOUNT,
+    MODEL_STORE_PVC,
     PARAMS_FILE,
     TRAIN_CPU_REQUEST,
     TRAIN_MEMORY_REQUEST,
@@ -61,12 +63,14 @@ def read_defaults(params_file: str | Path = PARAMS_FILE) -> dict[str, Any]:
 def make_training_pipeline(
     checkpoint_pvc: str | None = CHECKPOINT_PVC,
     gpu_node_selector: tuple[str, str] | None = GPU_NODE_SELECTOR,
+    model_store_pvc: str | None = MODEL_STORE_PVC,
     params_file: str | Path = PARAMS_FILE,
     **overrides: Any,
 ) -> Any:
     """The pipeline, with its cluster settings: the PVC that holds checkpoints (None: no volume, retries then
-    start over) and the GPU nodes' label (None: no node selector). Parameter defaults come from `params_file`
-    (see `read_defaults`); `overrides` (runs, gate_params, seed, family) replace them."""
+    start over), the GPU nodes' label (None: no node selector) and the PVC of the BentoML model store that the
+    gate and package tasks share (None: the pod's own disk). Parameter defaults come from `params_file` (see
+    `read_defaults`); `overrides` (runs, gate_params, seed, family) replace them."""
     defaults = {**read_defaults(params_file), **overrides}
     default_work_dir = CHECKPOINT_MOUNT if checkpoint_pvc else ""
 
@@ -112,12 +116,16 @@ def make_training_pipeline(
             evaluated = evaluate(model=trained.outputs["model"], shards=heldout_shards.outputs["shards"],
                                  config=run.config, device=device, seed=seed)
             decided = gate(metrics=evaluated.outputs["metrics"], config=run.config, gate_params=gate_params)
+            if model_store_pvc:
+                kubernetes.mount_pvc(decided, pvc_name=model_store_pvc, mount_path=MODEL_STORE_MOUNT)
             # `== True` builds a KFP condition; it is not a Python comparison
             with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-                package(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
-                        decision=decided.outputs["decision"], corpus=checked.outputs["corpus"],
-                        config=run.config, hparams=run.hparams, num_steps=run.num_steps, seed=seed,
-                        git_commit=git_commit)
+                packaged = package(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
+                                   decision=decided.outputs["decision"], corpus=checked.outputs["corpus"],
+                                   config=run.config, hparams=run.hparams, num_steps=run.num_steps, seed=seed,
+                                   git_commit=git_commit)
+                if model_store_pvc:
+                    kubernetes.mount_pvc(packaged, pvc_name=model_store_pvc, mount_path=MODEL_STORE_MOUNT)
 
     return training
 

@@ -7,7 +7,15 @@ import yaml
 
 from components.image import IMAGE
 from musicvae.cli import main
-from pipelines.settings import CHECKPOINT_MOUNT, CHECKPOINT_PVC, GPU_NODE_SELECTOR, GPU_RESOURCE, TRAIN_RETRIES
+from pipelines.settings import (
+    CHECKPOINT_MOUNT,
+    CHECKPOINT_PVC,
+    GPU_NODE_SELECTOR,
+    GPU_RESOURCE,
+    MODEL_STORE_MOUNT,
+    MODEL_STORE_PVC,
+    TRAIN_RETRIES,
+)
 
 GATE = {"thresholds": {"cat-mel_2bar_small": {"min_accuracy": 0.5}}, "tolerance": 0.02, "compare_to_champion": True}
 TRAIN = {"seed": 7, "configs": {"cat-mel_2bar_small": {"hparams": "z_size=64", "num_steps": 123},
@@ -57,6 +65,9 @@ def test_compiled_yaml_requests_a_gpu_and_carries_the_kubernetes_settings(tmp_pa
     # only training asks for the GPU
     others = [e for n, e in spec["deploymentSpec"]["executors"].items() if n != name and "container" in e]
     assert others and not any("accelerator" in e["container"].get("resources", {}) for e in others)
+    for task in ("exec-gate", "exec-package"):  # one model store: the champion the gate reads, where package writes
+        mount = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][task]["pvcMount"][0]
+        assert (mount["constant"], mount["mountPath"]) == (MODEL_STORE_PVC, MODEL_STORE_MOUNT)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
     assert images == {IMAGE}
 
@@ -79,10 +90,12 @@ def test_compiled_yaml_holds_the_graph_and_the_defaults(tmp_path: Path, params: 
 
 
 def test_cluster_settings_can_be_switched_off(tmp_path: Path, params: Path):
-    spec, platform = _compile(tmp_path, params, "--checkpoint-pvc", "", "--gpu-node-selector", "none")
+    spec, platform = _compile(tmp_path, params, "--checkpoint-pvc", "", "--gpu-node-selector", "none",
+                              "--model-store-pvc", "")
     name, _ = _train_executor(spec)
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]
-    assert "pvcMount" not in k8s and "nodeSelector" not in k8s and k8s["tolerations"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "pvcMount" not in executors[name] and "nodeSelector" not in executors[name] and executors[name]["tolerations"]
+    assert "exec-gate" not in executors and "exec-package" not in executors
     assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == ""
 
 
