@@ -149,7 +149,10 @@ def summarize(root: Path, configs: list[str]) -> dict[str, Any]:
                 result.update(decision=str(path), passed=doc["passed"], reasons=doc["reasons"])
                 break
         for path in _newest(root, "*/*/train/model"):
-            meta = json.loads((path.parent / "executor_output.json").read_text())
+            done = path.parent / "executor_output.json"  # absent when that attempt was killed
+            if not done.is_file():
+                continue
+            meta = json.loads(done.read_text())
             if meta["artifacts"]["model"]["artifacts"][0]["metadata"].get("config") == config:
                 result["model"] = str(path)
                 break
