@@ -37,6 +37,8 @@ from serving.schemas import (
     OutputFormat,
     SampleRequest,
 )
+from tests.model.test_generate import prefix
+from tests.model.test_magenta_checkpoint import requires_ckpts
 from tests.serving.conftest import CONFIG
 
 
@@ -174,3 +176,29 @@ def test_generated_http_body_notes():
     g = Generated(CONFIG, "sample", OutputFormat.notes, notes=[{"qpm": 120.0, "notes": []}])
     body, media, _ = g.http_body()
     assert media == "application/json" and b'"outputs":[{"qpm":120.0' in body
+
+
+# --- GrooVAE, on Magenta's tiny fixture checkpoints (skipped without them) ---------------------------
+
+
+@requires_ckpts
+def test_groove_operations_on_groovae_models():
+    from tests.model.test_generate import BEAT, drums
+
+    refs = [f"{m}={prefix(m)}" for m in ("groovae_2bar_humanize", "groovae_2bar_hits_control_tfds")]
+    ops = Operations(ModelRegistry.load(refs))
+    try:
+        humanize = ops.registry.operations_of("groovae_2bar_humanize")
+        assert "humanize" in humanize and "tap_to_drums" not in humanize
+        assert ops.registry.operations_of("groovae_2bar_hits_control_tfds")[-1] == "transfer_groove"
+        beat, score = midi_bytes(drums(2, BEAT)), midi_bytes(drums(4, {36: [0, 6, 10], 38: [4, 12]}))
+        out = run(ops.groove("groovae_2bar_humanize", GrooveOperation.humanize, beat, 1.0, 0, OutputFormat.notes))
+        assert len(out.notes) == 1 and all(n["is_drum"] for n in out.notes[0]["notes"])
+        out = run(ops.transfer_groove("groovae_2bar_hits_control_tfds", beat, score, 1.0, 0, OutputFormat.zip))
+        assert len(out.midi) == 2  # one per 2-bar window of the score
+        with pytest.raises(Unsupported, match="cannot tap_to_drums"):
+            ops.groove("groovae_2bar_humanize", GrooveOperation.tap_to_drums, beat, 1.0, None, OutputFormat.zip)
+        with pytest.raises(Unsupported, match="cannot sample"):  # needs hits as controls
+            ops.sample(SampleRequest(config="groovae_2bar_hits_control_tfds"))
+    finally:
+        ops.close()
