@@ -19,7 +19,9 @@ answer arrives (closed loop). Sampling: `POST /sample` {"config", "num_outputs":
 instead, which skips writing MIDI files (pretty_midi's writer costs a few ms per file). Latency is per request, client side; 4xx/5xx and gRPC errors
 are counted, not timed. The load generator (aiohttp, grpc.aio) runs in this process on the same
 machine, so it competes with the server for the cores: the 1-minute load average before and after
-each cell is in the table.
+each cell is in the table. "cpu ms/req" is the CPU time (user + system) the server's processes used
+during the cell per answered request, which the load on the machine changes little: 1000 × cores /
+(cpu ms/req) is the most the server could answer per second on idle cores.
 """
 
 from __future__ import annotations
@@ -118,6 +120,23 @@ class Served:
         self.stop()
         raise SystemExit(f"musicvae serve not ready in {timeout:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server's processes (HTTP workers, gRPC)."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -130,7 +149,7 @@ class Served:
 # --- load generation ----------------------------------------------------------------------------------
 
 
-async def run_cell(call, concurrency: int, requests: int, duration: float, warmup: int) -> dict:
+async def run_cell(call, concurrency: int, requests: int, duration: float, warmup: int, cpu=None) -> dict:
     """Closed loop: `concurrency` clients, each sending its next call when the last one is answered."""
     for _ in range(warmup):
         await call()
@@ -151,9 +170,13 @@ async def run_cell(call, concurrency: int, requests: int, duration: float, warmu
                 errors[status] = errors.get(status, 0) + 1
 
     load_before = os.getloadavg()[0]
+    cpu_before = cpu() if cpu else None
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - start
+    cpu_ms = None
+    if cpu and latencies:
+        cpu_ms = round((cpu() - cpu_before) * 1e3 / len(latencies), 2)
     lat = np.asarray(latencies) * 1e3
     return {
         "concurrency": concurrency,
@@ -165,6 +188,7 @@ async def run_cell(call, concurrency: int, requests: int, duration: float, warmu
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
         "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "server_cpu_ms_per_req": cpu_ms,
     }
 
 
@@ -177,9 +201,12 @@ def http_calls(session, url: str, config: str, notes: bool):
     expect = b"{" if notes else b"MThd"
 
     async def sample() -> str:
-        async with session.post(f"{url}/sample", data=sample_body, headers={"content-type": "application/json"}) as r:
-            body = await r.read()
-            return "ok" if r.status == 200 and body.startswith(expect) else f"http {r.status}"
+        try:
+            async with session.post(f"{url}/sample", data=sample_body, headers={"content-type": "application/json"}) as r:
+                body = await r.read()
+                return "ok" if r.status == 200 and body.startswith(expect) else f"http {r.status}"
+        except aiohttp.ClientError as e:
+            return f"http {type(e).__name__}"
 
     async def interpolate() -> str:
         form = aiohttp.FormData()
@@ -188,9 +215,12 @@ def http_calls(session, url: str, config: str, notes: bool):
         form.add_field("config", config)
         form.add_field("num_outputs", "5")
         form.add_field("format", "notes" if notes else "zip")
-        async with session.post(f"{url}/interpolate", data=form) as r:
-            body = await r.read()
-            return "ok" if r.status == 200 and body.startswith(b"{" if notes else b"PK") else f"http {r.status}"
+        try:
+            async with session.post(f"{url}/interpolate", data=form) as r:
+                body = await r.read()
+                return "ok" if r.status == 200 and body.startswith(b"{" if notes else b"PK") else f"http {r.status}"
+        except aiohttp.ClientError as e:
+            return f"http {type(e).__name__}"
 
     return {"sample": sample, "interpolate": interpolate}
 
@@ -218,12 +248,14 @@ def grpc_calls(channel, config: str, notes: bool):
     return {"sample": lambda: call(stub.Sample, sample_req, 1), "interpolate": lambda: call(stub.Interpolate, interp_req, 5)}
 
 
-async def bench(args: argparse.Namespace, url: str, grpc_target: str) -> list[dict]:
+async def bench(args: argparse.Namespace, url: str, grpc_target: str, cpu=None) -> list[dict]:
     import aiohttp
     import grpc
 
     rows = []
-    conn = aiohttp.TCPConnector(limit=max(args.concurrency) + 8)
+    # Idle keep-alive connections are dropped after 2 s, before uvicorn's 5 s: reusing one the server is
+    # closing at that moment would be a reset counted against the server.
+    conn = aiohttp.TCPConnector(limit=max(args.concurrency) + 8, keepalive_timeout=2)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
         channel = grpc.aio.insecure_channel(grpc_target)
         try:
@@ -232,7 +264,7 @@ async def bench(args: argparse.Namespace, url: str, grpc_target: str) -> list[di
             for protocol in args.protocols:
                 for op in args.ops:
                     for c in args.concurrency:
-                        row = await run_cell(calls[protocol][op], c, args.requests, args.duration, args.warmup)
+                        row = await run_cell(calls[protocol][op], c, args.requests, args.duration, args.warmup, cpu)
                         row = {"protocol": protocol, "operation": op, "format": args.format, **row}
                         rows.append(row)
                         print(format_row(row), flush=True)
@@ -241,14 +273,16 @@ async def bench(args: argparse.Namespace, url: str, grpc_target: str) -> list[di
     return rows
 
 
-HEADER = f"{'protocol':8} {'operation':12} {'clients':>7} {'requests':>8} {'ok':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}  load  errors"
+HEADER = (f"{'protocol':8} {'operation':12} {'clients':>7} {'requests':>8} {'ok':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'cpu ms/req':>10}  load  errors")
 
 
 def format_row(r: dict) -> str:
     errors = ",".join(f"{k}:{v}" for k, v in r["errors"].items()) or "-"
     load = f"{r['load_1min'][0]:.1f}->{r['load_1min'][1]:.1f}"
     return (f"{r['protocol']:8} {r['operation']:12} {r['concurrency']:>7} {r['requests']:>8} {r['ok']:>6} {r['req_per_s']:>7.1f} "
-            f"{r['p50_ms'] or float('nan'):>7.1f} {r['p99_ms'] or float('nan'):>7.1f}  {load}  {errors}")
+            f"{r['p50_ms'] or float('nan'):>7.1f} {r['p99_ms'] or float('nan'):>7.1f} "
+            f"{r['server_cpu_ms_per_req'] or float('nan'):>10.2f}  {load}  {errors}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         print(f"# {setup}\n{HEADER}", flush=True)
         try:
-            rows = asyncio.run(bench(args, url, target))
+            rows = asyncio.run(bench(args, url, target, served.cpu_seconds if served else None))
         finally:
             if served is not None:
                 served.stop()
