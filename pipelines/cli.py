@@ -196,6 +196,8 @@ def run_local(args: argparse.Namespace) -> int:
         arguments["runs"] = runs
     if args.seed is not None:
         arguments["seed"] = args.seed
+    if args.checkpoint_every_secs is not None:
+        arguments["checkpoint_every_secs"] = args.checkpoint_every_secs
     started = time.monotonic()
     try:
         pipeline(**arguments)
@@ -321,6 +323,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    f"(default: {DEFAULT_ROOT})")
     p.add_argument("--device", default="cpu", help="torch device for training and evaluation (default: cpu)")
     p.add_argument("--seed", type=int, help="training seed (default: params.yaml's train.seed)")
+    p.add_argument("--checkpoint_every_secs", type=float,
+                   help="seconds between training checkpoints, what a killed run resumes from (default: 60)")
     _add_run_arguments(p)
     p.set_defaults(func=run_local)
 

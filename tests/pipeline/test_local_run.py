@@ -1,10 +1,16 @@
 """The whole pipeline, for real, through kfp.local's SubprocessRunner (`musicvae pipeline run --local`): a tiny
 corpus with two corrupt files, a tiny model trained for a few steps, a packaged model at the end; a rerun reuses
-every finished task; a corpus with nothing valid stops before training."""
+every finished task; a run killed mid-training resumes; a corpus with nothing valid stops before training."""
 
 import json
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +87,30 @@ def test_run_refuses_a_missing_corpus_and_unknown_configs(env: Path, capsys: pyt
     assert "no-such-config" in capsys.readouterr().err
     assert _run(env, data, "--config", "hierdec-mel_16bar") == 2
     assert "--num_steps is needed for hierdec-mel_16bar" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_local_run_resumes_without_redoing_finished_work(env: Path):
+    data = write_corpus(env / "data")
+    cmd = [sys.executable, "-m", "musicvae.cli", "pipeline", "run", "--local", "--data_dir", str(data),
+           "--pipeline_root", str(env / "root"), "--params", str(env / "params.yaml"), "--num_steps", "150",
+           "--checkpoint_every_secs", "0"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        # Kill once both conversions finished and training has written a checkpoint (the heldout conversion runs
+        # beside training; killed before it finished, it would rightly run again).
+        while not (list((env / "root").glob("*/for-loop-*/convert-2/executor_output.json"))
+                   and list((env / "root").glob("checkpoints/*/train/ckpt-*.pt"))):
+            assert first.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the run and its task processes, mid-training
+        first.wait()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    executed = re.findall(r"Executing task \S*'([\w-]+)'", log)
+    assert executed[:2] == ["importer", "train"], executed  # validate and both converts came from the cache
+    assert re.search(r"resuming from \S+ckpt-([1-9]\d*)\.pt", log)
+    assert json.loads((env / "root" / "summary.json").read_text())["configs"][CONFIG]["passed"] is True
