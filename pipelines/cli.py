@@ -63,7 +63,8 @@ def _runs(args: argparse.Namespace, defaults: dict[str, Any]) -> list[dict[str, 
     A --config that params.yaml's train.configs lists takes its hparams and num_steps from there unless given.
     """
     if args.runs:
-        runs = json.loads(Path(args.runs).read_text() if Path(args.runs).is_file() else args.runs)
+        text = args.runs if args.runs.lstrip()[:1] in "[{" else Path(args.runs).read_text()
+        runs = json.loads(text)
         if not isinstance(runs, list) or not all(isinstance(r, dict) and {"config", "num_steps"} <= r.keys()
                                                  for r in runs):
             raise ValueError("--runs: a JSON list of {config, hparams, num_steps} objects")
