@@ -132,6 +132,7 @@ class RequestGuard:
 
     Bodies without a Content-Length (chunked) are read up to the limit and replayed, so a large
     upload costs at most the limit in memory and a lying client cannot make the server read more.
+    Multipart bodies are read (up to the limit) and their form parsed once before BentoML sees them.
     """
 
     def __init__(self, app: Any, json_routes: frozenset[str], upload_routes: dict[str, str]) -> None:
@@ -162,7 +163,8 @@ class RequestGuard:
                 return await _reply(send, 400, "invalid Content-Length header")
             if size > limit:
                 return await _reply(send, 413, f"request body of {size} bytes is over the {limit}-byte limit for POST {path}")
-            return await self.app(scope, receive, send)
+            if expected == "application/json":
+                return await self.app(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -175,16 +177,31 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        sent = False
 
-        async def replay() -> dict:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        def replayer() -> Callable:
+            sent = False
 
-        await self.app(scope, replay, send)
+            async def replay() -> dict:
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return replay
+
+        if expected == "multipart/form-data":
+            # Parse the (size-checked) form once here with BentoML's parser and limits: a broken one
+            # (no boundary, a field over 1 MiB, ...) is a 400 here instead of a 500 inside BentoML.
+            from starlette.requests import Request
+
+            try:
+                form = await Request(scope, replayer()).form()
+                await form.close()
+            except Exception as e:  # starlette's HTTPException(400) or the parser's own errors
+                reason = getattr(e, "detail", None) or str(e) or type(e).__name__
+                return await _reply(send, 400, f"malformed multipart body: {reason}")
+        await self.app(scope, replayer(), send)
 
 
 async def _reply(send: Callable, status: int, message: str) -> None:

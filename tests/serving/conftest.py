@@ -144,26 +144,33 @@ class Server:
 
 
 def start_serve(home: Path, log: Path, extra_args: list[str] = (), **env: str) -> Server:
-    """`musicvae serve` on free ports; returns once /readyz answers 200 (or fails with the log)."""
-    http_port, grpc_port = free_port(), free_port()
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [str(MUSICVAE), "serve", "--port", str(http_port), "--grpc_port", str(grpc_port), *extra_args],
-        env=server_env(home, **env), stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT),
-    )
-    server = Server(proc, http_port, grpc_port, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"musicvae serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    pytest.fail(f"musicvae serve not ready in 120 s:\n{log.read_text()[-3000:]}")
+    """`musicvae serve` on free ports; returns once /readyz answers 200 (or fails with the log).
+
+    A port found free can be taken before the server binds it (other jobs share the machine): then
+    it tries again on other ports, up to three times."""
+    for _ in range(3):
+        http_port, grpc_port = free_port(), free_port()
+        out = log.open("wb")
+        proc = subprocess.Popen(
+            [str(MUSICVAE), "serve", "--port", str(http_port), "--grpc_port", str(grpc_port), *extra_args],
+            env=server_env(home, **env), stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT),
+        )
+        server = Server(proc, http_port, grpc_port, log)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        server.stop()
+        text = log.read_text()
+        if "Address already in use" not in text and "in use?" not in text:
+            pytest.fail(f"musicvae serve exited with {proc.returncode} or was not ready in 120 s:\n{text[-3000:]}")
+    pytest.fail(f"musicvae serve found no free ports in three tries:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="session")

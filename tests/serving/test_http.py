@@ -109,6 +109,11 @@ def test_wrong_content_type(http: httpx.Client, midi_a: bytes):
     assert r.status_code == 415 and "multipart/form-data" in error_of(r)
     r = http.post("/sample", content=b'{"num_outputs": ', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "Invalid JSON" in r.text
+    r = http.post("/interpolate", content=b"garbage", headers={"content-type": "multipart/form-data"})  # no boundary
+    assert r.status_code == 400 and "malformed multipart body" in error_of(r)
+    big_field = b"--xyz\r\nContent-Disposition: form-data; name=\"config\"\r\n\r\n" + b"x" * 1_100_000 + b"\r\n--xyz--\r\n"
+    r = http.post("/interpolate", content=big_field, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 400 and "malformed multipart body" in error_of(r)
 
 
 def test_oversized_upload(http: httpx.Client, midi_a: bytes):
