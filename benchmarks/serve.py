@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="benchmark a running HTTP server instead of starting one (with --grpc_target)")
     parser.add_argument("--grpc_target", help="host:port of a running gRPC server (with --url)")
     parser.add_argument("--workers", type=int, default=1, help="BentoML worker processes of the started server (default 1)")
-    parser.add_argument("--max_batch_rows", type=int, default=32, help="rows per batched decode in the started server (default 32)")
+    parser.add_argument("--max_batch_rows", type=int, default=32, help="rows per batched decode in the started server (default 32, the service default)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64], help="client counts (default 1 8 32 64)")
     parser.add_argument("--requests", type=int, default=600, help="at most this many requests per cell (default 600)")
     parser.add_argument("--duration", type=float, default=10.0, help="at most this many seconds per cell (default 10)")

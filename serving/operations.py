@@ -345,7 +345,7 @@ class _Job:
 
 
 class ModelWorker:
-    def __init__(self, max_queue: int = 256, max_batch_rows: int = 64, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, max_queue: int = 256, max_batch_rows: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_queue = max_queue
         self.on_batch = on_batch  # called with the number of requests in each model call (metrics)
         self.max_batch_rows = max_batch_rows
@@ -438,7 +438,7 @@ class Operations:
         self.registry = registry
         self.worker = ModelWorker(
             max_queue or int(os.environ.get("MUSICVAE_MAX_QUEUE", 256)),
-            max_batch_rows or int(os.environ.get("MUSICVAE_MAX_BATCH_ROWS", 64)),
+            max_batch_rows or int(os.environ.get("MUSICVAE_MAX_BATCH_ROWS", 32)),
             on_batch,
         )
 
