@@ -105,6 +105,9 @@ def store_tags() -> list[str]:
 STORE_TAGS = store_tags()
 
 
+_BATCH_HISTOGRAM = None
+
+
 def batch_histogram() -> Any:
     """musicvae_batch_requests: requests answered per model call (adaptive batching at work), in /metrics.
 
@@ -119,9 +122,6 @@ def batch_histogram() -> Any:
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )
     return _BATCH_HISTOGRAM
-
-
-_BATCH_HISTOGRAM = None
 
 
 # --- HTTP guard: content types and body sizes, before BentoML parses anything ---------------------
@@ -247,7 +247,6 @@ class _Base:
         self.ops.warm_up()  # before /readyz says ready
 
     async def _answer(self, submit: Callable[[], Future]) -> Response:
-        future = None
         try:
             with translated():
                 future = submit()
