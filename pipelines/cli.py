@@ -197,6 +197,8 @@ def run_local(args: argparse.Namespace) -> int:
         arguments["runs"] = runs
     if args.seed is not None:
         arguments["seed"] = args.seed
+    if args.promote:
+        arguments["promote"] = True
     if args.checkpoint_every_secs is not None:
         arguments["checkpoint_every_secs"] = args.checkpoint_every_secs
     started = time.monotonic()
@@ -254,7 +256,7 @@ def run_submit(args: argparse.Namespace) -> int:
                                       gpu_node_selector=args.gpu_node_selector,
                                       model_store_pvc=args.model_store_pvc or None, params_file=args.params)
     arguments: dict[str, Any] = {"data_uri": args.data_uri, "data_version": args.data_version,
-                                 "git_commit": git_commit(), "device": args.device}
+                                 "git_commit": git_commit(), "device": args.device, "promote": args.promote}
     if runs is not None:
         arguments["runs"] = runs
     if args.family:
@@ -282,6 +284,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=str(PARAMS_FILE), help="params file with the pipeline's defaults: "
                    "train.configs (runs), train.seed, validate.family and the gate section "
                    "(default: the repository's)")
+    p.add_argument("--promote", action="store_true", help="make each packaged model its config's champion "
+                   "(stage=champion; the previous one retired), what the gate compares later candidates with")
     p.add_argument("--no-cache", action="store_true", help="run every task again instead of reusing finished ones")
 
 

@@ -87,9 +87,11 @@ def make_training_pipeline(
         device: str = "auto",
         work_dir: str = default_work_dir,
         checkpoint_every_secs: float = 60.0,
+        promote: bool = False,
     ):
         """data_uri: corpus directory (manifest.csv + <family>.tar); data_version: its DVC hash (keys caching and
-        lineage); runs: [{config, hparams, num_steps}]; gate_params: params.yaml's `gate` section."""
+        lineage); runs: [{config, hparams, num_steps}]; gate_params: params.yaml's `gate` section; promote: make
+        each packaged model its config's champion (what the gate compares the next candidates with)."""
         data = dsl.importer(artifact_uri=data_uri, artifact_class=Dataset, reimport=False,
                             metadata={"data_version": data_version})
         data.set_display_name("corpus")
@@ -123,7 +125,7 @@ def make_training_pipeline(
                 packaged = package(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
                                    decision=decided.outputs["decision"], corpus=checked.outputs["corpus"],
                                    config=run.config, hparams=run.hparams, num_steps=run.num_steps, seed=seed,
-                                   git_commit=git_commit)
+                                   git_commit=git_commit, promote=promote)
                 if model_store_pvc:
                     kubernetes.mount_pvc(packaged, pvc_name=model_store_pvc, mount_path=MODEL_STORE_MOUNT)
 

@@ -24,14 +24,17 @@ def package(
     num_steps: int = 0,
     seed: int = 0,
     git_commit: str = "",
+    promote: bool = False,
 ) -> str:
-    """Register the Model's checkpoint as a new version of musicvae-<config>; return its tag."""
+    """Register the Model's checkpoint as a new version of musicvae-<config> (stage=candidate; with `promote`,
+    stage=champion, the config's previous champion retired: `musicvae.package.promote`); return its tag."""
     import json
     import os
     from pathlib import Path
 
     from musicvae.gate import GateDecision
     from musicvae.package import Lineage, package_model
+    from musicvae.package import promote as promote_model
 
     eval_metrics = json.loads(Path(metrics.path).read_text())
     gate_decision = GateDecision.load(decision.path)
@@ -40,10 +43,14 @@ def package(
     lineage = Lineage(data_version=data_version, git_commit=git_commit or "unknown", config=config,
                       params={"hparams": hparams, "num_steps": num_steps, "seed": seed}, run_dir=model.uri)
     tag = package_model(model.path, eval_metrics, lineage, gate=gate_decision)
-    doc = {"config": config, "packaged": True, "tag": tag, "metrics": eval_metrics, "lineage": lineage.to_dict(),
+    if promote:
+        promote_model(tag)
+    doc = {"config": config, "packaged": True, "tag": tag, "promoted": promote, "metrics": eval_metrics,
+           "lineage": lineage.to_dict(),
            "bentoml_home": os.environ.get("BENTOML_HOME", "~/bentoml")}
     Path(record.path).parent.mkdir(parents=True, exist_ok=True)
     Path(record.path).write_text(json.dumps(doc, indent=1) + "\n")
-    record.metadata.update(tag=tag, config=config, data_version=data_version, git_commit=lineage.git_commit)
+    record.metadata.update(tag=tag, config=config, data_version=data_version, git_commit=lineage.git_commit,
+                           stage="champion" if promote else "candidate")
     print(f"packaged {config} as {tag}")
     return tag

@@ -202,3 +202,19 @@ def test_gate_then_package_registers_the_model_with_its_lineage(
     assert stored.info.metadata["gate"]["passed"] is True
     assert json.loads(Path(record.path).read_text())["tag"] == tag == record.metadata["tag"]
     assert load_packaged(tag).bento_tag == tag
+    assert stored.info.labels["stage"] == "candidate"
+
+
+def test_package_can_promote_the_model_to_champion(evaluated: Metrics, trained: Model, validated: dict,
+                                                   tmp_path: Path):
+    from musicvae.package import champion_tag
+
+    decision = Artifact(uri=str(tmp_path / "decision"))
+    assert gate.python_func(metrics=evaluated, config=CONFIG, gate_params=LOOSE_GATE, decision=decision) is True
+    tag = package.python_func(model=trained, metrics=evaluated, decision=decision, corpus=validated["corpus"],
+                              config=CONFIG, record=Artifact(uri=str(tmp_path / "record")), promote=True)
+    assert champion_tag(CONFIG) == tag
+    # the next gate compares with it: the same metrics are within the tolerance
+    again = Artifact(uri=str(tmp_path / "again"))
+    assert gate.python_func(metrics=evaluated, config=CONFIG, gate_params=LOOSE_GATE, decision=again) is True
+    assert json.loads(Path(again.path).read_text())["champion_tag"] == tag

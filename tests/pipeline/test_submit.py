@@ -37,7 +37,7 @@ def test_submit_sends_the_pipeline_with_its_arguments(tmp_path: Path, monkeypatc
                                       "train": {"configs": {"cat-mel_2bar_small": {"num_steps": 5000}}}}))
     assert main(["pipeline", "submit", "--host", "http://kfp.example:8080", "--namespace", "ml",
                  "--data_uri", "s3://bucket/musicvae/data", "--data_version", "abc", "--params", str(params),
-                 "--num_steps", "20000"]) == 0
+                 "--num_steps", "20000", "--promote"]) == 0
     assert "submitted run run-123 to http://kfp.example:8080" in capsys.readouterr().out
     call = FakeClient.calls[-1]
     assert (call["host"], call["namespace"], call["experiment"], call["enable_caching"]) == (
@@ -45,7 +45,7 @@ def test_submit_sends_the_pipeline_with_its_arguments(tmp_path: Path, monkeypatc
     args = call["arguments"]
     assert args["data_uri"] == "s3://bucket/musicvae/data" and args["data_version"] == "abc"
     assert args["runs"] == [{"config": "cat-mel_2bar_small", "hparams": "", "num_steps": 20000}]
-    assert args["device"] == "auto" and args["git_commit"]
+    assert args["device"] == "auto" and args["git_commit"] and args["promote"] is True
     compiler.Compiler().compile(call["pipeline"], str(tmp_path / "submitted.yaml"))  # what the cluster gets
     spec = next(yaml.safe_load_all((tmp_path / "submitted.yaml").read_text()))
     assert spec["root"]["inputDefinitions"]["parameters"]["runs"]["defaultValue"][0]["num_steps"] == 5000
