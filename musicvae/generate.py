@@ -4,6 +4,7 @@
     tm = TrainedModel.from_checkpoint("runs/mel2")                    # run dir, ckpt-N.pt,
     tm = TrainedModel.from_checkpoint("cat-mel_2bar_small.tar", "cat-mel_2bar_small")   # or Magenta's
     midis = tm.sample(4, temperature=0.5, seed=1)                      # list of PrettyMIDI
+    seqs = tm.sample(4, as_sequences=True)                             # NoteSequences: sequence_to_midi_bytes
     z, mu, sigma = tm.encode(["a.mid", "b.mid"])                       # each file: exactly one window
     midis = tm.decode(mu, temperature=None)                            # None: greedy (τ → 0 limit)
     midis = tm.interpolate("a.mid", "b.mid", num_steps=5)              # slerp between posterior means
@@ -36,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pretty_midi
@@ -44,7 +45,8 @@ import pretty_midi
 from musicvae.configs import Config, get_config
 from musicvae.data.converter import DataConverter
 from musicvae.data.groove import GrooveConverter
-from musicvae.data.midi_io import MidiSource
+from musicvae.data.midi_io import MidiSource, sequence_to_midi_bytes, sequence_to_pretty_midi
+from musicvae.data.note_sequence import NoteSequence
 from musicvae.magenta_checkpoint import CheckpointError, load_magenta_weights, read_checkpoint
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that `musicvae configs` & co. start fast
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that `musicvae confi
 log = logging.getLogger(__name__)
 
 LatentTransform = Callable[[np.ndarray], np.ndarray]  # z [n, z_size] -> z' [n, z_size]
+Decoded = Union[list[pretty_midi.PrettyMIDI], list[NoteSequence]]  # what the generating methods return (as_sequences)
 
 DEFAULT_TEMPERATURE = 0.5  # music_vae_generate's and the MusicVAE colab's
 GROOVE_TEMPERATURE = 1.0  # the GrooVAE colab's
@@ -426,11 +429,17 @@ class TrainedModel:
         temperature: float | None = DEFAULT_TEMPERATURE,
         c_input: np.ndarray | None = None,
         seed: int | None = None,
-    ) -> list[pretty_midi.PrettyMIDI]:
-        """z [n, z_size] -> n MIDI files, through the converter's from_tensors."""
+        as_sequences: bool = False,
+    ) -> Decoded:
+        """z [n, z_size] -> n MIDI files, through the converter's from_tensors.
+
+        `as_sequences`: NoteSequences instead of PrettyMIDI objects (every generating method takes it), for
+        callers that only want bytes (`sequence_to_midi_bytes`, much cheaper than PrettyMIDI.write) or notes.
+        """
         samples = self.decode_to_tensors(z, length, temperature, c_input, seed)
         controls = self._controls(c_input, len(samples))
-        return self.converter.from_tensors(list(samples), None if controls is None else list(controls))
+        seqs = self.converter.to_sequences(list(samples), None if controls is None else list(controls))
+        return seqs if as_sequences else [sequence_to_pretty_midi(ns) for ns in seqs]
 
     def sample(
         self,
@@ -441,7 +450,8 @@ class TrainedModel:
         c_input: np.ndarray | None = None,
         seed: int | None = None,
         transform: LatentTransform | None = None,
-    ) -> list[pretty_midi.PrettyMIDI]:
+        as_sequences: bool = False,
+    ) -> Decoded:
         """n sequences decoded from z ~ N(0, I) (one z for all of them with `same_z`).
 
         `transform` maps the drawn z [n, z_size] before decoding (an attribute shift, a latent constraint).
@@ -452,7 +462,7 @@ class TrainedModel:
             raise ValueError(f"n must be positive, got {n}")
         with self._rng(seed):
             z = torch.randn(1 if same_z else n, self.config.hparams.z_size).expand(n, -1).numpy()
-            return self.decode(transform(z) if transform else z, length, temperature, c_input)
+            return self.decode(transform(z) if transform else z, length, temperature, c_input, as_sequences=as_sequences)
 
     def interpolate(
         self,
@@ -463,13 +473,14 @@ class TrainedModel:
         temperature: float | None = DEFAULT_TEMPERATURE,
         seed: int | None = None,
         transform: LatentTransform | None = None,
-    ) -> list[pretty_midi.PrettyMIDI]:
+        as_sequences: bool = False,
+    ) -> Decoded:
         """`num_steps` sequences along the slerp between the posterior means of two inputs, both ends included.
 
         `transform` maps the interpolation's points before decoding, as in `sample`.
         """
         z = self.interpolation_z(start, end, num_steps)
-        return self.decode(transform(z) if transform else z, length, temperature, seed=seed)
+        return self.decode(transform(z) if transform else z, length, temperature, seed=seed, as_sequences=as_sequences)
 
     def interpolation_z(self, start: MidiSource, end: MidiSource, num_steps: int) -> np.ndarray:
         """The latent points `interpolate` decodes: slerp(μ_start, μ_end), [num_steps, z_size]."""
@@ -498,19 +509,25 @@ class TrainedModel:
 
     # --- GrooVAE ------------------------------------------------------------------------------------
 
-    def humanize(self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None) -> list[pretty_midi.PrettyMIDI]:
+    def humanize(
+        self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None, as_sequences: bool = False
+    ) -> Decoded:
         """Add timing and dynamics to a quantized drum pattern (groovae_2bar_humanize); one output per window."""
-        return self._regroove(midi, "humanize", temperature, seed)
+        return self._regroove(midi, "humanize", temperature, seed, as_sequences)
 
-    def tap_to_drums(self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None) -> list[pretty_midi.PrettyMIDI]:
+    def tap_to_drums(
+        self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None, as_sequences: bool = False
+    ) -> Decoded:
         """A drum performance from a rhythm tapped on any drum (groovae_2bar_tap_fixed_velocity*)."""
-        return self._regroove(midi, "tapify", temperature, seed)
+        return self._regroove(midi, "tapify", temperature, seed, as_sequences)
 
-    def add_closed_hh(self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None) -> list[pretty_midi.PrettyMIDI]:
+    def add_closed_hh(
+        self, midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None, as_sequences: bool = False
+    ) -> Decoded:
         """Add (or replace) the closed hi-hats of a drum performance (groovae_2bar_add_closed_hh)."""
-        return self._regroove(midi, "add_instruments", temperature, seed)
+        return self._regroove(midi, "add_instruments", temperature, seed, as_sequences)
 
-    def _regroove(self, midi: MidiSource, transform: str, temperature: float | None, seed: int | None) -> list[pretty_midi.PrettyMIDI]:
+    def _regroove(self, midi: MidiSource, transform: str, temperature: float | None, seed: int | None, as_sequences: bool) -> Decoded:
         # The converter applies the transform to the encoder input; the model was trained to undo it.
         if not (isinstance(self.converter, GrooveConverter) and getattr(self.converter, transform)):
             raise ValueError(f"{self.config.name} was not trained with GrooVAE's {transform} input transform")
@@ -518,11 +535,16 @@ class TrainedModel:
         if len(windows) == 0:
             raise NoExtractedExamplesError(describe(midi))
         z, _, _ = self.encode_tensors(windows.inputs, windows.lengths, seed=seed)
-        return self.decode(z, temperature=temperature, seed=seed)
+        return self.decode(z, temperature=temperature, seed=seed, as_sequences=as_sequences)
 
     def transfer_groove(
-        self, groove_midi: MidiSource, score_midi: MidiSource, temperature: float | None = GROOVE_TEMPERATURE, seed: int | None = None
-    ) -> list[pretty_midi.PrettyMIDI]:
+        self,
+        groove_midi: MidiSource,
+        score_midi: MidiSource,
+        temperature: float | None = GROOVE_TEMPERATURE,
+        seed: int | None = None,
+        as_sequences: bool = False,
+    ) -> Decoded:
         """Play each window of `score_midi` with the groove of `groove_midi` (hits-control configs).
 
         z comes from the groove (one window); the hits of each score window are the decoder's controls.
@@ -534,7 +556,7 @@ class TrainedModel:
         if len(score) == 0:
             raise NoExtractedExamplesError(describe(score_midi))
         n = len(score)
-        return self.decode(np.repeat(z, n, axis=0), temperature=temperature, c_input=np.stack(score.controls), seed=seed)
+        return self.decode(np.repeat(z, n, axis=0), temperature=temperature, c_input=np.stack(score.controls), seed=seed, as_sequences=as_sequences)
 
 
 # --- music_vae_generate -----------------------------------------------------------------------------
@@ -562,14 +584,14 @@ class GenerateOptions:
     constraint_target: str = "high"
 
 
-def _write(midis: Sequence[pretty_midi.PrettyMIDI], pattern: Path, plot: bool) -> list[Path]:
-    """Write midis as `pattern` with `*` replaced by 000, 001, ... (Magenta's naming)."""
+def _write(seqs: Sequence[NoteSequence], pattern: Path, plot: bool) -> list[Path]:
+    """Write sequences as `pattern` with `*` replaced by 000, 001, ... (Magenta's naming)."""
     paths = []
-    for i, midi in enumerate(midis):
+    for i, ns in enumerate(seqs):
         path = pattern.with_name(pattern.name.replace("*", f"{i:03d}"))
-        midi.write(str(path))
+        path.write_bytes(sequence_to_midi_bytes(ns))
         if plot:
-            plot_piano_roll(midi, path.with_suffix(".png"))
+            plot_piano_roll(sequence_to_pretty_midi(ns), path.with_suffix(".png"))
         paths.append(path)
     return paths
 
@@ -603,7 +625,7 @@ def _check_input(converter: DataConverter, path: str, number: int, opts: Generat
         raise NoExtractedExamplesError(path)
     if len(outputs) > 1:
         pattern = Path(opts.output_dir) / f"{opts.config}_input{number}-extractions_{stamp}-*-of-{len(outputs):03d}.mid"
-        _write(converter.from_tensors(outputs), pattern, opts.plot)
+        _write(converter.to_sequences(outputs), pattern, opts.plot)
         raise MultipleExtractedExamplesError(path, len(outputs), str(pattern))
 
 
@@ -660,13 +682,20 @@ def generate(opts: GenerateOptions) -> list[Path]:
     length = model.config.hparams.max_seq_len
     transform = latent_transform(model, opts)
     if opts.mode == "sample":
-        midis = model.sample(opts.num_outputs, length, opts.temperature, seed=opts.seed, transform=transform)
+        seqs = model.sample(opts.num_outputs, length, opts.temperature, seed=opts.seed, transform=transform, as_sequences=True)
     else:
-        midis = model.interpolate(
-            opts.input_midi_1, opts.input_midi_2, opts.num_outputs, length, opts.temperature, seed=opts.seed, transform=transform
+        seqs = model.interpolate(
+            opts.input_midi_1,
+            opts.input_midi_2,
+            opts.num_outputs,
+            length,
+            opts.temperature,
+            seed=opts.seed,
+            transform=transform,
+            as_sequences=True,
         )
     pattern = out_dir / f"{opts.config}_{opts.mode}_{stamp}-*-of-{opts.num_outputs:03d}.mid"
-    paths = _write(midis, pattern, opts.plot)
+    paths = _write(seqs, pattern, opts.plot)
     log.info("wrote %d files to %s", len(paths), out_dir)
     return paths
 

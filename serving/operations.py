@@ -38,7 +38,7 @@ import numpy as np
 import pretty_midi
 import pydantic
 
-from musicvae.data.midi_io import MidiReadError
+from musicvae.data.midi_io import MidiReadError, sequence_to_midi_bytes
 from musicvae.data.note_sequence import Note as SeqNote
 from musicvae.data.note_sequence import NoteSequence, Tempo, TimeSignature
 from musicvae.generate import ExtractionError, MultipleExtractedExamplesError, NoExtractedExamplesError, TrainedModel
@@ -169,28 +169,33 @@ def note_list_to_sequence(notes: NoteList) -> NoteSequence:
     return NoteSequence(notes=seq, tempos=[Tempo(0.0, notes.qpm)], time_signatures=[TimeSignature(0.0, 4, 4)], total_time=total)
 
 
-def midi_to_notes(pm: pretty_midi.PrettyMIDI) -> dict[str, Any]:
-    """A decoded PrettyMIDI as a note list (NoteList's JSON shape)."""
-    _, qpms = pm.get_tempo_changes()
-    notes = []
-    for index, inst in enumerate(pm.instruments):
-        for n in inst.notes:
-            notes.append({
-                "pitch": int(n.pitch),
-                "velocity": int(n.velocity),
-                "start_time": round(float(n.start), 6),
-                "end_time": round(float(n.end), 6),
-                "instrument": index,
-                "program": int(inst.program),
-                "is_drum": bool(inst.is_drum),
-            })
+def sequence_to_notes(ns: NoteSequence) -> dict[str, Any]:
+    """A decoded NoteSequence as a note list (NoteList's JSON shape): instruments numbered as in its MIDI file."""
+    resolution = ns.ticks_per_quarter or 220
+    qpm = next((t.qpm for t in ns.tempos if t.time == 0), 120.0)
+    qpm = 60.0 / (60.0 / (qpm * resolution) * resolution)  # as pretty_midi's get_tempo_changes reports it
+    index = {key: i for i, key in enumerate(sorted({(n.instrument, n.program, n.is_drum) for n in ns.notes}))}
+    notes = [
+        {
+            "pitch": int(n.pitch),
+            "velocity": int(n.velocity),
+            "start_time": round(float(n.start_time), 6),
+            "end_time": round(float(n.end_time), 6),
+            "instrument": index[(n.instrument, n.program, n.is_drum)],
+            "program": int(n.program),
+            "is_drum": bool(n.is_drum),
+        }
+        for n in ns.notes
+    ]
     notes.sort(key=lambda n: (n["start_time"], n["instrument"], n["pitch"]))
-    return {"qpm": float(qpms[0]) if len(qpms) else 120.0, "notes": notes}
+    return {"qpm": qpm, "notes": notes}
 
 
-def midi_bytes(pm: pretty_midi.PrettyMIDI) -> bytes:
+def midi_bytes(midi: NoteSequence | pretty_midi.PrettyMIDI) -> bytes:
+    if isinstance(midi, NoteSequence):
+        return sequence_to_midi_bytes(midi)
     buf = io.BytesIO()
-    pm.write(buf)
+    midi.write(buf)
     return buf.getvalue()
 
 
@@ -205,10 +210,10 @@ class Generated:
     notes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # format notes
 
     @classmethod
-    def render(cls, midis: Sequence[pretty_midi.PrettyMIDI], config: str, mode: str, fmt: OutputFormat) -> Generated:
+    def render(cls, seqs: Sequence[NoteSequence], config: str, mode: str, fmt: OutputFormat) -> Generated:
         if fmt is OutputFormat.notes:
-            return cls(config, mode, fmt, notes=[midi_to_notes(m) for m in midis])
-        return cls(config, mode, fmt, midi=[midi_bytes(m) for m in midis])
+            return cls(config, mode, fmt, notes=[sequence_to_notes(ns) for ns in seqs])
+        return cls(config, mode, fmt, midi=[midi_bytes(ns) for ns in seqs])
 
     def filenames(self) -> list[str]:
         n = len(self.midi)
@@ -483,14 +488,14 @@ class Operations:
         total = sum(counts)
         if first.seed is not None:  # alone (key None): as music_vae_generate --seed would
             tm = self.registry.view(first.config, min(SEEDED_BATCH_ROWS, total))
-            midis = tm.sample(total, length, first.temperature, seed=first.seed)
+            seqs = tm.sample(total, length, first.temperature, seed=first.seed, as_sequences=True)
         else:
             tm = self.registry.view(first.config, _bucket(total, self.worker.max_batch_rows))
-            midis = tm.sample(total, length, first.temperature)
+            seqs = tm.sample(total, length, first.temperature, as_sequences=True)
         out, start = [], 0
         for job, n in zip(jobs, counts):
             req = job.payload[0]
-            out.append(Generated.render(midis[start : start + n], req.config, "sample", req.format))
+            out.append(Generated.render(seqs[start : start + n], req.config, "sample", req.format))
             start += n
         return out
 
@@ -506,8 +511,8 @@ class Operations:
             view = self.registry.view(req.config, _bucket(req.num_outputs, self.worker.max_batch_rows))
             for source, name in ((a, "input_midi_1"), (b, "input_midi_2")):
                 self._one_window(view, source, name)
-            midis = view.interpolate(a, b, req.num_outputs, length, req.temperature, seed=req.seed)
-            return [Generated.render(midis, req.config, "interpolate", req.format)]
+            seqs = view.interpolate(a, b, req.num_outputs, length, req.temperature, seed=req.seed, as_sequences=True)
+            return [Generated.render(seqs, req.config, "interpolate", req.format)]
 
         return self.worker.submit(run, None)
 
@@ -555,8 +560,8 @@ class Operations:
 
         def run(jobs: list[_Job]) -> list[Generated]:
             view = self.registry.view(req.config, min(SEEDED_BATCH_ROWS, len(z)))
-            midis = view.decode(z, length, req.temperature, seed=req.seed)
-            return [Generated.render(midis, req.config, "decode", req.format)]
+            seqs = view.decode(z, length, req.temperature, seed=req.seed, as_sequences=True)
+            return [Generated.render(seqs, req.config, "decode", req.format)]
 
         return self.worker.submit(run, None)
 
@@ -575,8 +580,8 @@ class Operations:
         def run(jobs: list[_Job]) -> list[Generated]:
             self._one_window(tm, source, "input_midi")
             _, mu, _ = tm.encode([source])
-            midis = tm.decode(tm.apply_attribute(mu, attribute, strength), temperature=temperature, seed=seed)
-            return [Generated.render(midis, config, f"{attribute}", fmt)]
+            seqs = tm.decode(tm.apply_attribute(mu, attribute, strength), temperature=temperature, seed=seed, as_sequences=True)
+            return [Generated.render(seqs, config, f"{attribute}", fmt)]
 
         return self.worker.submit(run, None)
 
@@ -589,9 +594,9 @@ class Operations:
         call = {"humanize": tm.humanize, "tap_to_drums": tm.tap_to_drums, "add_closed_hh": tm.add_closed_hh}[operation.value]
 
         def run(jobs: list[_Job]) -> list[Generated]:
-            midis = call(source, temperature=temperature, seed=seed)
-            self._format(fmt, len(midis))
-            return [Generated.render(midis, config, operation.value, fmt)]
+            seqs = call(source, temperature=temperature, seed=seed, as_sequences=True)
+            self._format(fmt, len(seqs))
+            return [Generated.render(seqs, config, operation.value, fmt)]
 
         return self.worker.submit(run, None)
 
@@ -604,9 +609,9 @@ class Operations:
 
         def run(jobs: list[_Job]) -> list[Generated]:
             self._one_window(tm, groove, "groove_midi")
-            midis = tm.transfer_groove(groove, score, temperature=temperature, seed=seed)
-            self._format(fmt, len(midis))
-            return [Generated.render(midis, config, "transfer_groove", fmt)]
+            seqs = tm.transfer_groove(groove, score, temperature=temperature, seed=seed, as_sequences=True)
+            self._format(fmt, len(seqs))
+            return [Generated.render(seqs, config, "transfer_groove", fmt)]
 
         return self.worker.submit(run, None)
 

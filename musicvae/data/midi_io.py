@@ -162,5 +162,100 @@ def sequence_to_pretty_midi(ns: NoteSequence) -> pretty_midi.PrettyMIDI:
     return pm
 
 
+# --- writing -----------------------------------------------------------------------------------------
+# `sequence_to_midi_bytes` writes the very bytes `sequence_to_pretty_midi(ns).write(...)` writes (a
+# timing track, then one track per instrument; the same channels, event order, running status and
+# end-of-track deltas), from event lists built directly: no PrettyMIDI or mido objects, ~20x cheaper
+# per decoded 2-bar file. tests/data/test_midi_writer.py checks the bytes against pretty_midi's.
+
+_ORDER_TEMPO, _ORDER_METER, _ORDER_PROGRAM, _ORDER_NOTE = 1 << 16, 2 << 16, 6 << 16, 10 << 16
+_END_OF_TRACK = b"\xff\x2f\x00"
+
+
+def _varlen(value: int, out: bytearray) -> None:
+    """A MIDI variable-length quantity (delta times), as mido's encode_variable_int."""
+    if value < 0x80:
+        out.append(value)
+        return
+    groups = [value & 0x7F]
+    value >>= 7
+    while value:
+        groups.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.extend(reversed(groups))
+
+
+def _track(events: list[tuple[int, int, bytes]]) -> bytes:
+    """An MTrk chunk from (tick, sort key, message bytes); pretty_midi's order, mido's running status."""
+    events.sort(key=lambda e: (e[0], e[1]))  # stable, as pretty_midi's cmp sort
+    data = bytearray()
+    tick = running = 0
+    for t, _, msg in events:
+        _varlen(t - tick, data)
+        tick = t
+        if msg[0] == 0xFF:
+            data += msg
+            running = 0
+        elif msg[0] == running:
+            data += msg[1:]
+        else:
+            data += msg
+            running = msg[0]
+    data.append(1)  # end of track one tick after the last event, as pretty_midi puts it
+    data += _END_OF_TRACK
+    return b"MTrk" + len(data).to_bytes(4, "big") + bytes(data)
+
+
+def _byte(value: int, what: str) -> int:
+    if not 0 <= value <= 127:
+        raise ValueError(f"{what} {value} is outside MIDI's 0-127")
+    return value
+
+
+def sequence_to_midi_bytes(ns: NoteSequence) -> bytes:
+    """Standard MIDI File bytes for `ns`: the bytes `sequence_to_pretty_midi(ns).write(...)` gives."""
+    if any(t.time != 0 for t in ns.tempos):  # tempo changes: pretty_midi's tick grid (rare for decoded music)
+        buf = io.BytesIO()
+        sequence_to_pretty_midi(ns).write(buf)
+        return buf.getvalue()
+    resolution = ns.ticks_per_quarter or 220
+    qpm = next((t.qpm for t in ns.tempos), DEFAULT_QPM)
+    scale = 60.0 / (qpm * resolution)  # seconds per tick, as pretty_midi's _tick_scales
+
+    def tick(time: float) -> int:
+        return int(round(time / scale)) if time > 0 else 0  # pretty_midi's time_to_tick on one tempo
+
+    tempo = int(6e7 / (60.0 / (scale * resolution)))
+    if not 0 <= tempo <= 0xFFFFFF:
+        raise ValueError(f"tempo {qpm} qpm cannot be written to MIDI")
+    timing = []
+    if not ns.time_signatures or min(ts.time for ts in ns.time_signatures) > 0.0:
+        timing.append((0, _ORDER_METER, b"\xff\x58\x04\x04\x02\x18\x08"))
+    timing.append((0, _ORDER_TEMPO, b"\xff\x51\x03" + tempo.to_bytes(3, "big")))
+    for ts in ns.time_signatures:
+        den = ts.denominator
+        if den <= 0 or den & (den - 1) or not 0 <= ts.numerator <= 255:
+            raise ValueError(f"time signature {ts.numerator}/{den} cannot be written to MIDI")
+        timing.append((tick(ts.time), _ORDER_METER, bytes((0xFF, 0x58, 4, ts.numerator, den.bit_length() - 1, 24, 8))))
+    tracks = [_track(timing)]
+
+    groups: dict[tuple[int, int, bool], list] = {}
+    for n in ns.notes:
+        groups.setdefault((n.instrument, n.program, n.is_drum), []).append(n)
+    melodic = [c for c in range(16) if c != 9]
+    for index, key in enumerate(sorted(groups)):
+        _, program, is_drum = key
+        channel = 9 if is_drum else melodic[index % len(melodic)]
+        on = 0x90 | channel
+        events = [(0, _ORDER_PROGRAM, bytes((0xC0 | channel, _byte(program, "program"))))]
+        for n in groups[key]:
+            pitch, velocity = _byte(n.pitch, "pitch"), _byte(n.velocity, "velocity")
+            events.append((tick(n.start_time), _ORDER_NOTE + (pitch << 8) + velocity, bytes((on, pitch, velocity))))
+            events.append((tick(n.end_time), _ORDER_NOTE + (pitch << 8), bytes((on, pitch, 0))))
+        tracks.append(_track(events))
+    header = b"MThd\x00\x00\x00\x06\x00\x01" + len(tracks).to_bytes(2, "big") + resolution.to_bytes(2, "big")
+    return header + b"".join(tracks)
+
+
 def write_midi(ns: NoteSequence, path: str | os.PathLike) -> None:
-    sequence_to_pretty_midi(ns).write(str(path))
+    Path(path).write_bytes(sequence_to_midi_bytes(ns))
