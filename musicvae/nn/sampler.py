@@ -27,6 +27,7 @@ the argmax per part.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ class CudaGraphDecode:
     the CUDA generator through PyTorch's graph-safe RNG (each replay reads the generator's seed and
     offset and advances it by what the capture used), so a seeded replay gives the tokens the same
     eager calls would give. Warm-up and capture run under `fork_rng`: they do not move the caller's RNG.
-    The returned tensor is overwritten by the next replay.
+    Calls are serialised (the static buffers are shared) and return a copy of the graph's output.
     """
 
     def __init__(
@@ -264,6 +265,7 @@ class CudaGraphDecode:
         self.controls = (
             None if control_shape is None else torch.zeros(rows, *control_shape, device=weight.device)
         )
+        self.lock = threading.Lock()
 
         def run() -> Tensor:
             return model.decode(self.z, length, temperature, self.controls).samples
@@ -279,11 +281,12 @@ class CudaGraphDecode:
                 self.samples = run()
 
     def __call__(self, z: Tensor, controls: Tensor | None = None) -> Tensor:
-        self.z.copy_(z)
-        if self.controls is not None and controls is not None:
-            self.controls.copy_(controls)
-        self.graph.replay()
-        return self.samples
+        with self.lock:
+            self.z.copy_(z)
+            if self.controls is not None and controls is not None:
+                self.controls.copy_(controls)
+            self.graph.replay()
+            return self.samples.clone()
 
 
 @contextlib.contextmanager
