@@ -34,6 +34,7 @@ import logging
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -235,6 +236,7 @@ class TrainedModel:
         self.checkpoint: Path | None = None  # set by from_checkpoint: attribute vectors are stored beside it
         self.cuda_graphs = True  # on CUDA, replay each decode shape from a captured CUDA graph
         self._graphs: dict[tuple, Any] = {}
+        self._graph_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -413,12 +415,13 @@ class TrainedModel:
         from musicvae.nn.sampler import CudaGraphDecode
 
         key = (len(z), length, temperature, None if controls is None else tuple(controls.shape[1:]))
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = CudaGraphDecode(self.model, len(z), length, temperature, key[3])
-            except RuntimeError as e:
-                log.warning("decoding eagerly: CUDA graph capture failed (%s)", e)
-                self._graphs[key] = None
+        with self._graph_lock:  # one capture per shape, also when a server calls from several threads
+            if key not in self._graphs:
+                try:
+                    self._graphs[key] = CudaGraphDecode(self.model, len(z), length, temperature, key[3])
+                except RuntimeError as e:
+                    log.warning("decoding eagerly: CUDA graph capture failed (%s)", e)
+                    self._graphs[key] = None
         graph = self._graphs[key]
         return self.model.decode(z, length, temperature, controls).samples if graph is None else graph(z, controls)
 

@@ -277,7 +277,7 @@ class CudaGraphDecode:
                 run()
             torch.cuda.current_stream(weight.device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # a server's other threads may run
                 self.samples = run()
 
     def __call__(self, z: Tensor, controls: Tensor | None = None) -> Tensor:
