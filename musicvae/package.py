@@ -9,7 +9,8 @@
 One BentoML model per config, named `bento_model_name(config)` = `musicvae-<config>`; each packaged
 checkpoint is a version of it. The model directory holds `checkpoint.pt`, our checkpoint format
 (loads with `weights_only=True`) without the optimiser/RNG/data-position state that only resuming
-needs, plus `metrics.json`, `lineage.json` and `gate.json`; the same three are in the model's metadata
+needs, its attribute vectors `checkpoint.pt.attributes.npz` when the checkpoint has them (so that
+`/attribute` works on packaged models), plus `metrics.json`, `lineage.json` and `gate.json`; the same three are in the model's metadata
 (`bentoml models get musicvae-<config>:latest`) with `None` values left out (BentoML metadata has no null).
 Labels: `config=<config>` and `stage`, which is `candidate` when packaged, `champion` after `promote`,
 `retired` once a newer champion of the same config is promoted.
@@ -19,7 +20,9 @@ model labelled stage=champion. `load_packaged(<config>)` returns the champion, o
 the config when none has been promoted yet.
 
 The store is `$BENTOML_HOME/models` (default `~/bentoml/models`), read from the environment at each
-call so that tests and pipelines can point it elsewhere.
+call so that tests and pipelines can point it elsewhere; a missing or unwritable one reads as empty.
+Inside a bento's container (`$BENTO_PATH` set), the models the bento packs, `$BENTO_PATH/models`, are
+found too (after the home store's): `musicvae serve` there needs no copy into `$BENTOML_HOME`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +68,7 @@ __all__ = [
     "champion_tag",
     "promote",
     "packaged_models",
+    "bento_models_dir",
     "add_package_parser",
 ]
 
@@ -158,8 +163,47 @@ def _store() -> Any:
     if not home:
         return BentoMLContainer.model_store.get()
     models = Path(home).expanduser() / "models"
-    models.mkdir(parents=True, exist_ok=True)
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only or blocked: an empty store to read; packaging into it will fail loudly
+        log.debug("cannot create the model store %s (%s): reading it as empty", models, e)
     return ModelStore(models)
+
+
+def bento_models_dir() -> Path | None:
+    """`$BENTO_PATH/models` inside a bento's container: the models `bentoml build` packed (None elsewhere)."""
+    bento = os.environ.get("BENTO_PATH")
+    if not bento:
+        return None
+    models = Path(bento).expanduser() / "models"
+    return models if models.is_dir() else None
+
+
+def _store_dir(store: Any) -> Path:
+    return Path(store._path)
+
+
+def _stores() -> list[Any]:
+    """The stores models are read from: $BENTOML_HOME's, then the bento's own when in its container."""
+    from bentoml._internal.models.model import ModelStore
+
+    stores = [_store()]
+    bento = bento_models_dir()
+    if bento is not None and bento.resolve() != _store_dir(stores[0]).resolve():
+        stores.append(ModelStore(bento))
+    return stores
+
+
+def _list(store: Any, name: str | None = None) -> list[Model]:
+    """The store's models (of one name), [] for a store whose directory does not exist (yet)."""
+    import bentoml
+
+    if not _store_dir(store).is_dir():
+        return []
+    try:
+        return bentoml.models.list(name, _model_store=store)
+    except bentoml.exceptions.NotFound:
+        return []
 
 
 def _plain(x: Any) -> Any:
@@ -173,28 +217,22 @@ def _plain(x: Any) -> Any:
 
 def packaged_models(config_name: str | None = None) -> list[Model]:
     """musicvae models in the store (of one config, or all), oldest first."""
-    import bentoml
-
-    store = _store()
-    if config_name is None:
-        found = [m for m in bentoml.models.list(_model_store=store) if m.tag.name.startswith(NAME_PREFIX)]
-    else:
-        try:
-            found = bentoml.models.list(bento_model_name(config_name), _model_store=store)
-        except bentoml.exceptions.NotFound:
-            found = []
-    return sorted(found, key=lambda m: m.info.creation_time)
+    found: dict[str, Model] = {}
+    for store in _stores():
+        for m in _list(store, None if config_name is None else bento_model_name(config_name)):
+            if m.tag.name.startswith(NAME_PREFIX):
+                found.setdefault(str(m.tag), m)  # the home store's copy first
+    return sorted(found.values(), key=lambda m: m.info.creation_time)
 
 
 def _store_listing() -> str:
-    import bentoml
-
-    models = bentoml.models.list(_model_store=_store())
-    where = os.environ.get("BENTOML_HOME", "~/bentoml")
+    stores = _stores()
+    models = [m for store in stores for m in _list(store)]
+    where = " and ".join(str(_store_dir(store)) for store in stores)
     if not models:
-        return f"the model store ({where}/models) is empty: package a model first (`musicvae package`, or `dvc repro`)"
+        return f"the model store ({where}) is empty: package a model first (`musicvae package`, or `dvc repro`)"
     rows = [f"  {m.tag}  stage={m.info.labels.get('stage', '-')}  created {m.info.creation_time:%Y-%m-%d %H:%M:%S}" for m in models]
-    return f"the model store ({where}/models) holds:\n" + "\n".join(rows)
+    return f"the model store ({where}) holds:\n" + "\n".join(rows)
 
 
 def champion(config_name: str) -> Model | None:
@@ -221,12 +259,15 @@ def resolve_model(ref: str) -> Model:
     """
     import bentoml
 
-    store = _store()
     if ":" in ref:
-        try:
-            return bentoml.models.get(ref, _model_store=store)
-        except (bentoml.exceptions.BentoMLException, ValueError):  # not found, or not a valid tag
-            raise PackageError(f"no model {ref} in the store; {_store_listing()}") from None
+        for store in _stores():
+            if not _store_dir(store).is_dir():
+                continue
+            try:
+                return bentoml.models.get(ref, _model_store=store)
+            except (bentoml.exceptions.BentoMLException, ValueError):  # not found, or not a valid tag
+                continue
+        raise PackageError(f"no model {ref} in the store; {_store_listing()}")
     config_name = ref[len(NAME_PREFIX):] if ref.startswith(NAME_PREFIX) else ref
     models = packaged_models(config_name)
     if not models:
@@ -275,6 +316,8 @@ def package_model(
     import bentoml
     import torch
 
+    from musicvae.attributes import attributes_path, load_attribute_vectors
+    from musicvae.generate import TrainedModel
     from musicvae.train import CHECKPOINT_FORMAT, CheckpointError, config_from_dict, load_checkpoint
 
     path = _our_checkpoint(Path(checkpoint).expanduser())
@@ -286,9 +329,17 @@ def package_model(
     if embedded != lineage.config:
         raise PackageError(f"{path} holds a {embedded} model, but the lineage says {lineage.config}: refusing to package it")
     try:
-        config_from_dict(payload["config"]).build_model().load_state_dict(payload["model"])
+        config = config_from_dict(payload["config"])
+        net = config.build_model()
+        net.load_state_dict(payload["model"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise PackageError(f"{path}: its weights do not fit its own config {embedded}: {e}") from e
+    vectors = attributes_path(path)
+    if vectors.is_file():  # `musicvae attributes compute` output: refused if computed for other weights
+        try:
+            load_attribute_vectors(vectors, TrainedModel(config, net.eval()))
+        except (OSError, ValueError) as e:
+            raise PackageError(f"{vectors}: {e}") from e
     step = int(payload["step"])
     if "step" in metrics and int(metrics["step"]) != step:
         raise PackageError(
@@ -318,6 +369,8 @@ def package_model(
         bento_model_name(lineage.config), labels=all_labels, metadata=metadata, _model_store=_store()
     ) as model:
         torch.save(slim, model.path_of(CHECKPOINT_FILE))
+        if vectors.is_file():
+            shutil.copyfile(vectors, attributes_path(model.path_of(CHECKPOINT_FILE)))
         for name, doc in (("metrics.json", dict(metrics)), ("lineage.json", lineage.to_dict()), ("gate.json", gate_doc)):
             Path(model.path_of(name)).write_text(json.dumps(doc, indent=1) + "\n")
     log.info("packaged %s (step %d) as %s", path, step, model.tag)

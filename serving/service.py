@@ -14,7 +14,8 @@ Models: `MUSICVAE_MODELS` (comma-separated model store tags or config names; def
 cat-mel_2bar_small) become `BentoModel` class attributes, so `bentoml build` packs them into the Bento;
 a config name means its champion, or its newest model (`musicvae.package.resolve_model`).
 `MUSICVAE_CHECKPOINTS` (comma-separated `[config=]path`) serves checkpoints straight from disk instead
-(development; nothing to pack).
+(development; nothing to pack). Inside a bento's container (`$BENTO_PATH/models` exists) the models come
+from the bento's own store, as `bentoml serve <bento>` does, whatever `$BENTOML_HOME` holds.
 
     bentoml serve serving.service:MusicVAE --host 127.0.0.1 --port 3000
     curl -X POST 127.0.0.1:3000/sample -H 'content-type: application/json' -d '{"num_outputs": 1}' -o s.mid
@@ -87,6 +88,22 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def use_bento_store() -> None:
+    """Point BentoML's model store at `$BENTO_PATH/models` when it exists (in the bento's container).
+
+    `bentoml serve <bento>` does this itself; `bentoml serve serving.service:<Service>` (what `musicvae serve`
+    runs) would resolve the BentoModels in `$BENTOML_HOME/models`, an empty scratch dir in k8s."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    from musicvae.package import bento_models_dir
+
+    models = bento_models_dir()
+    if models is not None:
+        BentoMLContainer.model_store.set(ModelStore(models))
+        log.info("models from the bento's store %s", models)
+
+
 def store_tags() -> list[str]:
     """The model store tags the services pack and load (empty when serving checkpoints)."""
     if _split(os.environ.get("MUSICVAE_CHECKPOINTS", "")):
@@ -102,6 +119,7 @@ def store_tags() -> list[str]:
     return tags
 
 
+use_bento_store()
 STORE_TAGS = store_tags()
 
 

@@ -192,3 +192,83 @@ def test_package_command_on_a_wrong_checkpoint(trained_run: Path, eval_metrics: 
 def test_an_invalid_tag_is_reported_as_not_found(store: Path):
     with pytest.raises(PackageError, match="no model Bad Tag:x in the store"):
         load_packaged("Bad Tag:x")
+
+
+def _run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run's checkpoint, so that files written beside it stay in this test."""
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    shutil.copy(trained_run / "train" / "ckpt-6.pt", run / "train" / "ckpt-6.pt")
+    return run
+
+
+def test_attribute_vectors_are_packaged_with_the_checkpoint(trained_run: Path, eval_metrics: dict, store: Path, tmp_path: Path):
+    import numpy as np
+
+    from musicvae.attributes import ATTRIBUTES, attributes_path, save_attribute_vectors
+    from musicvae.generate import TrainedModel
+    from serving.operations import ModelRegistry, Operations, OutputFormat
+    from tests.serving.conftest import UP, melody
+
+    run = _run_copy(trained_run, tmp_path)
+    ckpt = run / "train" / "ckpt-6.pt"
+    tm = TrainedModel.from_checkpoint(ckpt)
+    z_size = tm.config.hparams.z_size
+    vectors = {name: np.full(z_size, k, np.float32) for k, name in enumerate(ATTRIBUTES)}
+    save_attribute_vectors(vectors, tm, attributes_path(ckpt))
+    tag = _package(run, eval_metrics)
+    assert Path(resolve_model(tag).path_of(CHECKPOINT_FILE + ".attributes.npz")).is_file()
+    packaged = load_packaged(tag)
+    assert {k: v.tolist() for k, v in packaged.attribute_vectors.items()} == {k: v.tolist() for k, v in vectors.items()}
+
+    # /attribute's operation on the packaged model
+    ops = Operations(ModelRegistry.load([tag]))
+    try:
+        assert ops.registry.attribute_names(CONFIG) == sorted(ATTRIBUTES)
+        out = ops.attribute(CONFIG, melody(UP), "note_density", 1.0, 0.5, 1, OutputFormat.midi).result(timeout=60)
+        assert out.midi[0].startswith(b"MThd")
+    finally:
+        ops.close()
+
+    # vectors computed for other weights are refused, not packaged
+    other = TrainedModel(tm.config, tm.config.build_model())
+    save_attribute_vectors(vectors, other, attributes_path(ckpt))
+    with pytest.raises(PackageError, match="another model's weights"):
+        _package(run, eval_metrics)
+
+
+def test_a_model_without_vectors_packages_without_them(trained_run: Path, eval_metrics: dict, store: Path, tmp_path: Path):
+    tag = _package(_run_copy(trained_run, tmp_path), eval_metrics)
+    assert not Path(resolve_model(tag).path_of(CHECKPOINT_FILE + ".attributes.npz")).exists()
+    with pytest.raises(FileNotFoundError):
+        load_packaged(tag).attribute_vectors
+
+
+def test_a_missing_store_reads_as_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("BENTOML_HOME", str(blocked))  # $BENTOML_HOME/models cannot be created
+    monkeypatch.delenv("BENTO_PATH", raising=False)
+    assert packaged_models() == [] and packaged_models(CONFIG) == []
+    assert champion_tag(CONFIG) is None
+    with pytest.raises(PackageError, match="is empty"):
+        load_packaged(CONFIG)
+    with pytest.raises(PackageError, match="no model musicvae-cat-mel_2bar_small:latest"):
+        resolve_model("musicvae-cat-mel_2bar_small:latest")
+
+
+def test_models_packed_in_a_bento_are_found_in_its_container(
+    trained_run: Path, eval_metrics: dict, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    tag = _package(trained_run, eval_metrics)
+    bento = tmp_path / "bento"
+    bento.mkdir()
+    shutil.move(store / "models", bento / "models")  # the bento's layout: $BENTO_PATH/models
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "scratch"))  # an empty writable home, as in k8s
+    assert packaged_models(CONFIG) == []
+    monkeypatch.setenv("BENTO_PATH", str(bento))
+    assert [str(m.tag) for m in packaged_models(CONFIG)] == [tag]
+    for ref in (CONFIG, tag, f"{bento_model_name(CONFIG)}:latest"):
+        tm = load_packaged(ref)
+        assert tm.bento_tag == tag and tm.config.name == CONFIG
+    assert Path(resolve_model(tag).path).is_relative_to(bento)
