@@ -3,8 +3,9 @@
 What CI runs when data.dvc, params.yaml, dvc.yaml or the library change (.github/workflows/retrain.yml):
 
 * With a Kubeflow Pipelines host (`--kfp_host` or $KFP_HOST) it submits the training pipeline by running
-  `musicvae pipeline submit --host H --data_uri U ...` (pipelines/ plugs that command into the CLI;
-  the library never imports it). Gating and packaging then happen in the cluster's run.
+  `musicvae pipeline submit --host H --data_uri U --promote ...` (pipelines/ plugs that command into the CLI;
+  the library never imports it). Gating, packaging and promotion then happen in the cluster's run: its package
+  task makes each model that passed the gate its config's champion (--no-promote submits without --promote).
 * Otherwise it runs `dvc repro` here (with the interpreter's bin/ first on PATH, so the stages find
   `musicvae` and `music_vae_train`), reads each config's gate decision and package result from the
   paths dvc.yaml declares for the `gate@<config>` and `package@<config>` stages, and promotes each
@@ -59,9 +60,15 @@ def _data_version(repo_dir: Path) -> str:
     return version.split(":", 1)[1] if version.startswith("data.dvc:") else ""
 
 
-def submit_kfp(host: str, data_uri: str, repo_dir: Path, extra: list[str]) -> int:
-    """`musicvae pipeline submit` as a child process; its exit code."""
+def submit_kfp(host: str, data_uri: str, repo_dir: Path, extra: list[str], promote: bool = True) -> int:
+    """`musicvae pipeline submit` as a child process; its exit code.
+
+    promote: pass --promote, so the run's package task makes the gated models champions (the DVC path
+    promotes them here).
+    """
     cmd = [sys.executable, "-m", "musicvae.cli", "pipeline", "submit", "--host", host, "--data_uri", data_uri]
+    if promote and "--promote" not in extra:
+        cmd.append("--promote")
     if "--data_version" not in extra and (version := _data_version(repo_dir)):
         cmd += ["--data_version", version]
     cmd += extra
@@ -129,11 +136,12 @@ def run_retrain(args: argparse.Namespace) -> int:
         if not data_uri:
             print("musicvae retrain: error: submitting to Kubeflow needs --data_uri or $KFP_DATA_URI", file=sys.stderr)
             return 2
-        rc = submit_kfp(host, data_uri, repo_dir, list(args.submit_arg))
+        rc = submit_kfp(host, data_uri, repo_dir, list(args.submit_arg), promote=not args.no_promote)
         if rc != 0:
             print(f"musicvae retrain: `musicvae pipeline submit` failed (exit {rc})", file=sys.stderr)
             return 1
-        print(f"submitted to {host}: the run gates and packages in the cluster")
+        print(f"submitted to {host}: the run gates, packages" + ("" if args.no_promote else " and promotes")
+              + " in the cluster")
         return 0
 
     if not (repo_dir / "dvc.yaml").is_file():
@@ -173,7 +181,8 @@ def add_retrain_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="extra argument for `musicvae pipeline submit` (repeatable), e.g. --submit-arg=--namespace=ml")
     parser.add_argument("--pull", action="store_true", help="dvc repro --pull: fetch missing inputs and cached outputs from the DVC remote")
     parser.add_argument("--force", action="store_true", help="dvc repro --force: run every stage again")
-    parser.add_argument("--no-promote", action="store_true", help="report the gate results without relabelling models")
+    parser.add_argument("--no-promote", action="store_true", help="report the gate results without relabelling models "
+                        "(with a Kubeflow host: submit without --promote)")
     parser.add_argument("--strict", action="store_true", help=f"exit {EXIT_GATE_FAILED} when any config fails the gate")
     parser.add_argument("--summary", help="write the per-config results as JSON here")
     parser.set_defaults(func=run_retrain)

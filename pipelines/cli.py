@@ -5,12 +5,15 @@ when a pipeline command runs, so `musicvae --help` stays fast.
 """
 
 import argparse
+import datetime
 import hashlib
 import json
 import logging
 import os
 import re
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -240,8 +243,101 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
 # --- submit ------------------------------------------------------------------------------------------
 
 
-def run_submit(args: argparse.Namespace) -> int:
+DEFAULT_TIMEOUT = 120.0
+
+
+class SubmitError(Exception):
+    """The submission failed, for the reason its message says (the host's answer, none, no connection)."""
+
+
+def _kfp_client(host: str, namespace: str | None) -> Any:
+    """kfp.Client that checks the server's health once.
+
+    kfp.Client's constructor asks /healthz when no namespace is set, and kfp tries that five times, 5 s apart,
+    logging each failure with its traceback; one answer is enough to know the host is down or failing.
+    """
     import kfp
+
+    class Client(kfp.Client):
+        def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
+            return self._healthz_api.healthz_service_get_healthz()
+
+    return Client(host=host, namespace=namespace)
+
+
+def _call_with_deadline(fn: Any, host: str, timeout: float) -> Any:
+    """fn() in a worker thread, waiting at most timeout seconds; its failures as SubmitError.
+
+    kfp.Client sets no timeout on its requests, so a host that takes the connection and never answers would
+    block forever; the worker is a daemon thread the process leaves behind.
+    """
+    import kfp_server_api
+    import urllib3
+
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, never printed by the thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="kfp-submit", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise SubmitError(f"no answer from {host} within {timeout:g} s (--timeout); the run may have been "
+                          "created: check the Kubeflow Pipelines UI before submitting again")
+    error = outcome.get("error")
+    if error is None:
+        return outcome["value"]
+    if isinstance(error, kfp_server_api.ApiException):
+        if not error.status:  # the client's own wrapping of a connection failure
+            raise SubmitError(f"cannot talk to {host}: {error.reason}") from error
+        detail = _api_error_message(error.body)
+        raise SubmitError(f"{host} answered HTTP {error.status} {error.reason or ''}".rstrip()
+                          + (f": {detail}" if detail else "")) from error
+    if isinstance(error, urllib3.exceptions.HTTPError):
+        reason = getattr(error, "reason", None) or error
+        raise SubmitError(f"cannot reach {host}: {reason}") from error
+    if isinstance(error, (OSError, ValueError)):  # e.g. no route, several experiments by that name
+        raise SubmitError(f"submitting to {host} failed: {error}") from error
+    raise error
+
+
+def _api_error_message(body: Any) -> str:
+    """The message in a KFP API error body ({"error": ..., "message": ...}), else the body's start."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return " ".join(str(body).split())[:300]
+    if isinstance(doc, dict):
+        return str(doc.get("message") or doc.get("error") or doc)[:300]
+    return str(doc)[:300]
+
+
+def _disable_caching(package: Path) -> None:
+    """Caching off for every task of a compiled pipeline, those inside the loop and the condition too.
+
+    kfp.Client's enable_caching=False rewrites only the root DAG's tasks (validate, the loop), so train,
+    evaluate, gate and package would still reuse cached results.
+    """
+    import yaml
+
+    docs = list(yaml.safe_load_all(package.read_text()))
+    spec = docs[0]
+    for component in [spec["root"], *spec.get("components", {}).values()]:
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            task.setdefault("cachingOptions", {})["enableCache"] = False
+    package.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from kfp import compiler
 
     from pipelines.training import make_training_pipeline
 
@@ -252,6 +348,9 @@ def run_submit(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"musicvae pipeline submit: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    if args.timeout <= 0:
+        print("musicvae pipeline submit: error: --timeout must be positive", file=sys.stderr)
+        return 2
     pipeline = make_training_pipeline(checkpoint_pvc=args.checkpoint_pvc or None,
                                       gpu_node_selector=args.gpu_node_selector,
                                       model_store_pvc=args.model_store_pvc or None, params_file=args.params)
@@ -261,12 +360,29 @@ def run_submit(args: argparse.Namespace) -> int:
         arguments["runs"] = runs
     if args.family:
         arguments["family"] = args.family
-    client = kfp.Client(host=args.host, namespace=args.namespace)
-    result = client.create_run_from_pipeline_func(
-        pipeline, arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
-        enable_caching=not args.no_cache,
-    )
-    print(f"submitted run {result.run_id} to {args.host}")
+    run_name = args.run_name or f"{pipeline.name} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
+    with tempfile.TemporaryDirectory(prefix="musicvae-submit-") as tmp:
+        # compiled here, as kfp.Client.create_run_from_pipeline_func would, so that --timeout bounds only the
+        # conversation with the cluster (a worker left waiting finds no file later: an error nobody prints)
+        package = str(Path(tmp) / "pipeline.yaml")
+        compiler.Compiler().compile(pipeline, package)
+        if args.no_cache:
+            _disable_caching(Path(package))
+
+        def submit() -> str:
+            client = _kfp_client(args.host, args.namespace)
+            result = client.create_run_from_pipeline_package(
+                package, arguments=arguments, run_name=run_name, experiment_name=args.experiment,
+                enable_caching=not args.no_cache,
+            )
+            return result.run_id
+
+        try:
+            run_id = _call_with_deadline(submit, args.host, args.timeout)
+        except SubmitError as e:
+            print(f"musicvae pipeline submit: error: {e}", file=sys.stderr)
+            return 1
+    print(f"submitted run {run_id} to {args.host}")
     return 0
 
 
@@ -344,7 +460,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data_version", default="", help="its version for caching and lineage, e.g. data.dvc's md5")
     p.add_argument("--device", default="auto", help="torch device in the pods (default: auto, the GPU)")
     p.add_argument("--experiment", default="musicvae", help="KFP experiment name (default: musicvae)")
-    p.add_argument("--run-name", help="run name (default: generated)")
+    p.add_argument("--run-name", help="run name (default: the pipeline's name and the time)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the Kubeflow "
+                   "Pipelines API to take the run before giving up with exit 1 "
+                   f"(default: {DEFAULT_TIMEOUT:g})")
     _add_run_arguments(p)
     _add_cluster_arguments(p)
     p.set_defaults(func=run_submit)

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from musicvae.package import EXIT_GATE_FAILED
+from musicvae.retrain import _data_version
+from tests.pipeline.kfp_server import CLIENT_ENV, KfpApiServer
 
 from .conftest import CONFIG, ROOT, TINY
 
@@ -127,11 +129,34 @@ def test_retrain_with_dvc_promotes_only_gated_models(repo: tuple[Path, dict[str,
 
 
 def test_retrain_submits_to_kubeflow_when_a_host_is_set(tmp_path: Path):
-    """The KFP path runs `musicvae pipeline submit --host H --data_uri U`; without a data URI it is a usage error."""
-    env = {**os.environ, "KFP_HOST": "http://127.0.0.1:9"}
-    env.pop("KFP_DATA_URI", None)
+    """The KFP path runs `musicvae pipeline submit --host H --data_uri U --promote`, for real, against a
+    Kubeflow Pipelines API on 127.0.0.1 (tests/pipeline/kfp_server.py); without a data URI it is a usage
+    error; a host nobody listens on is a failed submission."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV and k != "KFP_DATA_URI"}
+    env["HOME"] = str(tmp_path)  # no ~/.config/kfp/context.json of this machine
+    env["KFP_HOST"] = "http://127.0.0.1:9"
     out = subprocess.run([*MUSICVAE, "retrain", "--repo_dir", str(ROOT)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "needs --data_uri or $KFP_DATA_URI" in out.stderr
+
+    with KfpApiServer() as server:
+        for extra, promote in (([], True), (["--no-promote"], False)):
+            cmd = [*MUSICVAE, "retrain", "--repo_dir", str(ROOT), "--kfp_host", server.url, "--data_uri",
+                   "s3://bucket/corpus", "--submit-arg=--num_steps=7", "--submit-arg=--timeout=60", *extra]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+            run = server.runs[-1]
+            assert f"submitted run {run['run_id']} to {server.url}" in out.stdout
+            assert f"submitted to {server.url}: the run gates, packages" in out.stdout
+            parameters = run["runtime_config"]["parameters"]
+            assert parameters["promote"] is promote, extra
+            assert parameters["data_uri"] == "s3://bucket/corpus"
+            assert parameters["data_version"] == _data_version(ROOT) != ""  # data.dvc's md5
+            assert {r["num_steps"] for r in parameters["runs"]} == {7}
+            assert "exec-train" in run["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+        assert [e["display_name"] for e in server.experiments] == ["musicvae"]
+
     env["KFP_DATA_URI"] = "s3://nowhere/corpus"
     out = subprocess.run([*MUSICVAE, "retrain", "--repo_dir", str(ROOT)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "`musicvae pipeline submit` failed" in out.stderr, out.stderr[-2000:]
+    assert "musicvae pipeline submit: error: cannot reach http://127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
