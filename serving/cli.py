@@ -48,7 +48,7 @@ def http_command(service: str, host: str, port: int) -> list[str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from serving.grpc_server import GrpcServer
+    from serving.grpc_server import GrpcServer, metrics_port_from_env
     from serving.operations import ModelRegistry, Operations
 
     env = model_env(args)
@@ -60,11 +60,14 @@ def run_serve(args: argparse.Namespace) -> int:
     grpc_port = args.port if args.grpc else args.grpc_port
     if args.grpc or not args.no_grpc:
         try:
-            grpc_server = GrpcServer(Operations(ModelRegistry.load(_refs(env))), grpc_port, args.host)
+            metrics_port = args.grpc_metrics_port if args.grpc_metrics_port is not None else metrics_port_from_env()
+            grpc_server = GrpcServer(Operations(ModelRegistry.load(_refs(env))), grpc_port, args.host, metrics_port=metrics_port)
         except Exception as e:  # a bad model ref or a busy port: say so, exit non-zero
             print(f"musicvae serve: error: {e}", file=sys.stderr)
             return 2
         print(f"gRPC   {args.host}:{grpc_server.port}  (musicvae.v1.MusicVAE, grpc.health.v1, reflection)", flush=True)
+        if grpc_server.metrics_port is not None:
+            print(f"gRPC metrics  http://{args.host}:{grpc_server.metrics_port}/metrics", flush=True)
 
     child = None
     if not args.grpc:
@@ -110,6 +113,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--host", default="127.0.0.1", help="address for both servers (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000); with --grpc, the gRPC port")
     p.add_argument("--grpc_port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
+    p.add_argument("--grpc_metrics_port", type=int, default=None,
+                   help="serve the gRPC server's Prometheus /metrics on this port (0: a free one; default "
+                   "$MUSICVAE_GRPC_METRICS_PORT, else none; the HTTP service has its own /metrics)")
     p.add_argument("--grpc", action="store_true", help="run only the gRPC server, on --port")
     p.add_argument("--no_grpc", action="store_true", help="run only the HTTP service")
     p.add_argument("--models", default=None,

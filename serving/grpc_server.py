@@ -7,7 +7,13 @@ one alone. Limits: `max_concurrent_rpcs` calls in flight (more get RESOURCE_EXHA
 grpcio itself), messages up to two uploads plus 64 KiB (more: RESOURCE_EXHAUSTED), and each call waits
 at most its deadline (or `REQUEST_TIMEOUT`) for the model.
 
-    python -m serving.grpc_server --models cat-mel_2bar_small --port 50051
+    python -m serving.grpc_server --models cat-mel_2bar_small --port 50051 --metrics_port 9091
+
+Metrics: with a metrics port (`--metrics_port`, `musicvae serve --grpc_metrics_port`, or
+`MUSICVAE_GRPC_METRICS_PORT`), Prometheus text on `http://<host>:<port>/metrics`: calls answered by
+method and status code (`musicvae_grpc_requests_total`), their latency (`musicvae_grpc_request_duration_seconds`),
+calls in flight (`musicvae_grpc_requests_in_progress`) and requests per model call
+(`musicvae_batch_requests`, as the HTTP service's /metrics has it).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
@@ -234,15 +241,101 @@ def _check_temperature(value: float) -> None:
 # --- the server ---------------------------------------------------------------------------------------
 
 
-class GrpcServer:
-    """A started server: `.port` (the bound one), `.stop(grace)`; health says SERVING until stopped."""
+# --- metrics ----------------------------------------------------------------------------------------
 
-    def __init__(self, ops: Operations, port: int = 50051, host: str = "127.0.0.1", max_concurrent_rpcs: int | None = None) -> None:
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GrpcMetrics(grpc.ServerInterceptor):
+    """Prometheus metrics of the unary calls, in a registry of their own (not BentoML's multiprocess one)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("musicvae_grpc_requests", "gRPC calls answered, by method and status code.",
+                                ["method", "code"], registry=self.registry)
+        self.latency = Histogram("musicvae_grpc_request_duration_seconds", "Time to answer a gRPC call, by method.",
+                                 ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_progress = Gauge("musicvae_grpc_requests_in_progress", "gRPC calls being answered, by method.",
+                                 ["method"], registry=self.registry)
+        self.batch = Histogram("musicvae_batch_requests", "Requests answered by one model call (adaptive batching).",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self._http: Any = None
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:  # reflection streams: not counted
+            return handler
+        method, behavior = details.method.lstrip("/"), handler.unary_unary
+        in_progress, latency = self.in_progress.labels(method), self.latency.labels(method)
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            in_progress.inc()
+            start = time.perf_counter()
+            failed = False
+            try:
+                return behavior(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                code = context.code()  # set by abort / set_code; None for a plain return
+                name = code.name if code is not None else ("UNKNOWN" if failed else "OK")
+                self.requests.labels(method, name).inc()
+                latency.observe(time.perf_counter() - start)
+                in_progress.dec()
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+    def serve(self, port: int, host: str) -> int:
+        """Serve /metrics on host:port (0: a free port) in a daemon thread; returns the bound port."""
+        from prometheus_client import start_http_server
+
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+# --- the server -------------------------------------------------------------------------------------
+
+
+def metrics_port_from_env() -> int | None:
+    value = os.environ.get("MUSICVAE_GRPC_METRICS_PORT", "").strip()
+    return int(value) if value else None
+
+
+class GrpcServer:
+    """A started server: `.port` (the bound one), `.stop(grace)`; health says SERVING until stopped.
+
+    `metrics_port` (None: no metrics): Prometheus /metrics on host:metrics_port (0 picks a free one;
+    `.metrics_port` is the bound one)."""
+
+    def __init__(
+        self,
+        ops: Operations,
+        port: int = 50051,
+        host: str = "127.0.0.1",
+        max_concurrent_rpcs: int | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         limit = max_concurrent_rpcs or int(os.environ.get("MUSICVAE_GRPC_MAX_CONCURRENCY", 128))
         self.ops = ops
+        self.metrics = GrpcMetrics() if metrics_port is not None else None
+        self.metrics_port: int | None = None
+        if self.metrics is not None:
+            ops.worker.on_batch = self.metrics.batch.observe
         ops.warm_up()  # before health says SERVING
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="grpc"),
+            interceptors=[self.metrics] if self.metrics is not None else None,
             maximum_concurrent_rpcs=limit,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -259,6 +352,13 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.server.start()
+        if self.metrics is not None:
+            try:
+                self.metrics_port = self.metrics.serve(metrics_port, host)
+            except OSError as e:
+                self.server.stop(None)
+                raise OSError(f"cannot serve gRPC metrics on {host}:{metrics_port} ({e})") from e
+            log.info("gRPC metrics on http://%s:%d/metrics", host, self.metrics_port)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC server on %s:%d (%s, health, reflection)", host, self.port, SERVICE_NAME)
@@ -266,16 +366,21 @@ class GrpcServer:
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.ops.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
-def serve(refs: Sequence[str], port: int, host: str = "127.0.0.1", stop_event: threading.Event | None = None) -> int:
+def serve(
+    refs: Sequence[str], port: int, host: str = "127.0.0.1", stop_event: threading.Event | None = None,
+    metrics_port: int | None = None,
+) -> int:
     """Load the models, serve until SIGINT/SIGTERM (or `stop_event`), stop gracefully."""
     ops = Operations(ModelRegistry.load(refs))
-    server = GrpcServer(ops, port, host)
+    server = GrpcServer(ops, port, host, metrics_port=metrics_port)
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -292,9 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated model store tags or config names, or [config=]checkpoint paths")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port (default 50051)")
+    parser.add_argument("--metrics_port", type=int, default=metrics_port_from_env(),
+                        help="serve Prometheus /metrics on this port (0: a free one; default $MUSICVAE_GRPC_METRICS_PORT, else none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return serve(args.models.split(","), args.port, args.host)
+    return serve(args.models.split(","), args.port, args.host, metrics_port=args.metrics_port)
 
 
 if __name__ == "__main__":
