@@ -350,10 +350,23 @@ class _Job:
 
 
 class ModelWorker:
-    def __init__(self, max_queue: int = 256, max_batch_rows: int = 32, on_batch: Callable[[int], None] | None = None) -> None:
+    """One thread runs the model jobs; jobs with the same key run as one batch of up to `max_batch_rows` rows.
+
+    `max_wait` (seconds): when fewer rows are queued than the last batch had, wait up to this long for
+    more before starting. Closed-loop clients send their next requests a few ms apart once their answers
+    arrive; without the wait the first of them would start a small batch and the others would queue
+    behind it, so batch sizes (and latencies) swing. With one client the last batch had one row: no wait.
+    """
+
+    def __init__(
+        self, max_queue: int = 256, max_batch_rows: int = 32, on_batch: Callable[[int], None] | None = None,
+        max_wait: float = 0.0,
+    ) -> None:
         self.max_queue = max_queue
         self.on_batch = on_batch  # called with the number of requests in each model call (metrics)
         self.max_batch_rows = max_batch_rows
+        self.max_wait = max_wait
+        self._last_rows = 1
         self._jobs: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -390,6 +403,14 @@ class ModelWorker:
         with self._cv:
             while not self._jobs and not self._closed:
                 self._cv.wait()
+            if not self._closed and self.max_wait > 0 and self._jobs[0].key is not None:
+                target = min(self._last_rows, self.max_batch_rows)
+                deadline = time.monotonic() + self.max_wait
+                while not self._closed and sum(job.rows for job in self._jobs) < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
             if self._closed:
                 return None
             first = self._jobs.popleft()
@@ -400,6 +421,7 @@ class ModelWorker:
                         self._jobs.remove(job)
                         batch.append(job)
                         rows += job.rows
+            self._last_rows = rows
             return batch
 
     def _loop(self) -> None:
@@ -438,13 +460,14 @@ class Operations:
 
     def __init__(
         self, registry: ModelRegistry, max_queue: int | None = None, max_batch_rows: int | None = None,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None, max_wait: float | None = None,
     ) -> None:
         self.registry = registry
         self.worker = ModelWorker(
             max_queue or int(os.environ.get("MUSICVAE_MAX_QUEUE", 256)),
             max_batch_rows or int(os.environ.get("MUSICVAE_MAX_BATCH_ROWS", 32)),
             on_batch,
+            max_wait if max_wait is not None else float(os.environ.get("MUSICVAE_BATCH_WAIT_MS", 10)) / 1000,
         )
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -170,6 +171,33 @@ def test_full_queue_is_refused_at_once():
     gate.set()
     assert all(run(f) for f in held)
     worker.close()
+
+
+def test_the_worker_waits_briefly_to_refill_a_batch_as_large_as_the_last():
+    sizes = []
+    worker = ModelWorker(max_batch_rows=8, on_batch=sizes.append, max_wait=5.0)
+
+    def echo(jobs):
+        return [job.payload for job in jobs]
+
+    assert run(worker.submit(echo, 0, key="k")) == 0  # last batch: one row, so no waiting at all
+    gate = threading.Event()
+    blocker = worker.submit(lambda jobs: [gate.wait(10)], None)
+    first = [worker.submit(echo, i, key="k") for i in range(4)]
+    gate.set()
+    assert [run(f) for f in first] == [0, 1, 2, 3]  # one batch of four
+    start = time.monotonic()
+    late = [worker.submit(echo, 10, key="k")]
+    time.sleep(0.3)  # the worker holds the one queued job, waiting for a batch of four again
+    late += [worker.submit(echo, 10 + i, key="k") for i in range(1, 4)]
+    assert [run(f) for f in late] == [10, 11, 12, 13]
+    assert time.monotonic() - start < 5.0  # it started once four were queued, not after max_wait
+    run(blocker)
+    assert sizes == [1, 1, 4, 4]
+    alone = ModelWorker(max_wait=0.0, on_batch=sizes.append)  # max_wait 0: greedy, as before
+    assert run(alone.submit(echo, 1, key="k")) == 1
+    worker.close()
+    alone.close()
 
 
 def test_generated_http_body_notes():
