@@ -398,6 +398,10 @@ class ModelWorker:
         for job in pending:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(Overloaded("the server is shutting down"))
+        # Joined, not left as a daemon: a thread still inside torch while the interpreter finalises
+        # aborts the process ("terminate called without an active exception").
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
     def _take(self) -> list[_Job] | None:
         with self._cv:
