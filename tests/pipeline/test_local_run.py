@@ -93,15 +93,24 @@ def test_run_refuses_a_missing_corpus_and_unknown_configs(env: Path, capsys: pyt
 def test_a_killed_local_run_resumes_without_redoing_finished_work(env: Path):
     data = write_corpus(env / "data")
     cmd = [sys.executable, "-m", "musicvae.cli", "pipeline", "run", "--local", "--data_dir", str(data),
-           "--pipeline_root", str(env / "root"), "--params", str(env / "params.yaml"), "--num_steps", "150",
+           "--pipeline_root", str(env / "root"), "--params", str(env / "params.yaml"), "--num_steps", "400",
            "--checkpoint_every_secs", "0"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def cached_tasks() -> list[set[str]]:
+        """Output names of each task in the local cache (written by the orchestrator after the task's own
+        executor_output.json, so a task is only "finished" for a rerun once it is here)."""
+        return [set(json.loads(p.read_text())) for p in (env / "root" / ".kfp_cache").glob("*.json")]
+
     try:
         deadline = time.monotonic() + 180
-        # Kill once both conversions finished and training has written a checkpoint (the heldout conversion runs
-        # beside training; killed before it finished, it would rightly run again).
-        while not (list((env / "root").glob("*/for-loop-*/convert-2/executor_output.json"))
-                   and list((env / "root").glob("checkpoints/*/train/ckpt-*.pt"))):
+        # Kill once validation and both conversions are cached and training has written a checkpoint (the
+        # heldout conversion runs beside training; killed before it is cached, it would rightly run again).
+        while True:
+            tasks = cached_tasks()
+            assert not any("model" in t for t in tasks), "training finished before the kill: raise --num_steps"
+            if sum("shards" in t for t in tasks) == 2 and list((env / "root").glob("checkpoints/*/train/ckpt-*.pt")):
+                break
             assert first.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
             time.sleep(0.05)
     finally:
