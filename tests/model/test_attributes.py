@@ -45,12 +45,7 @@ DENSITY = ATTRIBUTES.index("note_density")
 C_MAJOR = [p for p in range(55, 90) if p % 12 in (0, 2, 4, 5, 7, 9, 11)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def classes(events: dict[int, int], steps: int = 32) -> np.ndarray:

@@ -37,12 +37,7 @@ GROOVE = ("groovae_2bar_humanize", "groovae_2bar_hits_control_tfds")
 DATE = r"\d{4}-\d{2}-\d{2}_\d{6}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def prefix(model: str) -> Path:

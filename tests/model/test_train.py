@@ -43,12 +43,7 @@ TINY = "batch_size=8,enc_rnn_size=[32],dec_rnn_size=[32,32],z_size=8"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- optimisation ------------------------------------------------------------------------------------

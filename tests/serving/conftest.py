@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pretty_midi
 import pytest
-import torch
 
 from tests.model.test_train import _write_melodies
 
@@ -28,12 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MUSICVAE = Path(sys.executable).with_name("musicvae")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test module here runs torch on one thread (tests/conftest.py)."""
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from musicvae.cli_train import main as train_main
 from tests.model.test_train import _write_melodies
@@ -17,12 +16,9 @@ TINY = "batch_size=8,enc_rnn_size=[32],dec_rnn_size=[32],z_size=8"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test module here runs torch on one thread (tests/conftest.py)."""
 
 
 @pytest.fixture
