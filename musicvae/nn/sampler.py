@@ -11,9 +11,14 @@ NADE, GrooVAE, autograd, autocast and dropout):
   layer 0's token columns transposed into rows;
 * z's (and the controls') share of layer 0, plus its biases, is one matmul per sequence before the
   loop; the previous token's share is a row gather of the token kernel (one-hot × W is a row of W);
-* every buffer and every view is made before the loop, so a step is ~20 tensor ops writing into them:
-  no allocation, no slicing, no host synchronisation, static shapes. On CUDA the same function is
-  captured once per shape as a CUDA graph (`CudaGraphDecode`, used by `TrainedModel`) and replayed.
+* on a CPU with AVX2 and FMA the whole loop runs in native code (`musicvae/nn/_decode.c`, one call per
+  batch, rows split over `torch.get_num_threads()` threads, weights packed once per decoder into
+  16-column panels); the Exp(1) draws it samples with are drawn up front from the torch generator,
+  one tensor for every step, which is the same stream of numbers as the reference's per-step draws;
+* elsewhere (CUDA, or a CPU without them) every buffer and every view is made before the loop, so a step
+  is ~20 tensor ops writing into them: no allocation, no slicing, no host synchronisation, static shapes.
+  On CUDA the same function is captured once per shape as a CUDA graph (`CudaGraphDecode`, used by
+  `TrainedModel`) and replayed.
 
 The samples are those of the reference. `torch.multinomial(softmax(logits / τ), 1)` (what
 `_categorical_sample` calls) draws one Exp(1) tensor q of the probabilities' shape and returns
@@ -41,7 +46,13 @@ if TYPE_CHECKING:
     from musicvae.nn.decoders import BaseLstmDecoder
     from musicvae.nn.vae import MusicVAE
 
+try:
+    from musicvae.nn import _decode as _native
+except ImportError:  # a source tree run without `pip install -e .`: the torch loop
+    _native = None
+
 FAST_SAMPLING = True  # False: every decoder samples through the generic step loop (the reference path)
+NATIVE_LOOP = _native is not None and _native.available()  # False: the torch loop on the CPU too
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,13 @@ class _Layout:
     biases: tuple[Tensor, ...]  # layers 1, 2, …: bias + forget bias [4n]
     out_weight: Tensor  # output projection [D', n]
     out_bias: Tensor  # [D']
+    packed: tuple[Tensor, ...] | None  # CPU: recurrent0, kernels, out_weight as the native loop's panels
+
+
+def _pack(weight: Tensor) -> Tensor:
+    """A [N, K] weight as the native loop reads W^T: panels of 16 output columns [ceil(N / 16), K, 16], zero-padded."""
+    w_t = F.pad(weight.t(), (0, -weight.shape[0] % 16))
+    return w_t.reshape(w_t.shape[0], -1, 16).transpose(0, 1).contiguous()
 
 
 _LAYOUTS: weakref.WeakKeyDictionary[nn.Module, _Layout] = weakref.WeakKeyDictionary()
@@ -88,16 +106,21 @@ def _layout(decoder: BaseLstmDecoder) -> _Layout:
     with torch.no_grad():
         bias = [(layer.bias + layer.forget_bias)[order] for layer in layers]
         w0 = layers[0].weight_ih[order]
+        recurrent0 = layers[0].weight_hh[order]
+        kernels = tuple(torch.cat([layer.weight_ih, layer.weight_hh], 1)[order] for layer in layers[1:])
+        out_weight = decoder.output_projection.weight.detach()
+        on_cpu = out_weight.device.type == "cpu"
         layout = _Layout(
             key=key,
             tokens=w0[:, :depth].t().contiguous(),
             aux=w0[:, depth:].contiguous(),
             bias0=bias[0],
-            recurrent0=layers[0].weight_hh[order],
-            kernels=tuple(torch.cat([layer.weight_ih, layer.weight_hh], 1)[order] for layer in layers[1:]),
+            recurrent0=recurrent0,
+            kernels=kernels,
             biases=tuple(bias[1:]),
-            out_weight=decoder.output_projection.weight.detach(),
+            out_weight=out_weight,
             out_bias=decoder.output_projection.bias.detach(),
+            packed=tuple(_pack(w) for w in (recurrent0, *kernels, out_weight)) if on_cpu and _native else None,
         )
     _LAYOUTS[decoder] = layout
     return layout
@@ -125,7 +148,8 @@ def sample_categorical(
         aux_w = F.linear(aux, w.aux, w.bias0).transpose(0, 1).contiguous()  # [T, B, 4n]
     first = None if start_inputs is None else start_inputs.to(z.dtype) @ w.tokens
     state = decoder._initial_state(z)
-    logits, tokens = _decode(w, tuple(parts), aux_w, state.h, state.c, first, length, temperature)
+    loop = _decode_native if NATIVE_LOOP and w.packed is not None and z.device.type == "cpu" else _decode
+    logits, tokens = loop(w, tuple(parts), aux_w, state.h, state.c, first, length, temperature)
     samples = z.new_zeros(z.shape[0], length, sum(parts))  # one-hot by scatter: no host-side range checks
     for p, part in enumerate(samples.split(tuple(parts), -1)):
         part.scatter_(-1, tokens[:, p].t()[..., None], 1.0)
@@ -224,6 +248,42 @@ def _decode(
                 torch.div(part_steps[p][t], temperature, out=scaled[p])
                 torch.softmax(scaled[p], -1, out=probs[p])
                 torch.argmax(probs[p].div_(q), -1, out=chosen_steps[t][p])
+    return logits, chosen
+
+
+def _decode_native(
+    w: _Layout,
+    parts: tuple[int, ...],
+    aux_w: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    first: Tensor | None,
+    steps: int,
+    temperature: float | None,
+) -> tuple[Tensor, Tensor]:
+    """`_decode` in one native call (same arguments, same results)."""
+    layers, batch, n = h0.shape
+    assert w.packed is not None
+    aux_w, h0, c0 = aux_w.contiguous(), h0.contiguous(), c0.contiguous()
+    first = None if first is None else first.contiguous()
+    logits = torch.empty(steps, batch, w.out_weight.shape[0], dtype=torch.float32)
+    chosen = torch.empty(steps, len(parts), batch, dtype=torch.long)
+    # The reference draws an Exp(1) tensor [batch, part] per step and part, in that order: one tensor of
+    # them all is the same numbers (the CPU generator fills serially) and leaves the generator as they do.
+    noise = None if temperature is None else torch.empty(steps * batch * sum(parts), dtype=torch.float32).exponential_()
+
+    def address(t: Tensor | None) -> int:
+        return 0 if t is None else t.data_ptr()
+
+    _native.decode(
+        (layers, n, steps, batch, logits.shape[-1], batch * 4 * n if aux_w.dim() == 3 else 0),
+        tuple(map(address, (w.tokens, aux_w, first, h0, c0, w.packed[-1], w.out_bias, noise, logits, chosen))),
+        tuple(t.data_ptr() for t in w.packed[:-1]),
+        tuple(b.data_ptr() for b in w.biases),
+        parts,
+        1.0 if temperature is None else float(temperature),
+        torch.get_num_threads(),
+    )
     return logits, chosen
 
 

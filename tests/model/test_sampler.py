@@ -21,6 +21,16 @@ from musicvae.nn.decoders import (
 )
 
 
+@pytest.fixture(autouse=True, params=["native", "torch-loop"])
+def loop(request, monkeypatch):
+    """Every test runs on both CPU loops: the native one (where this CPU has AVX2 + FMA) and the torch ops."""
+    native = request.param == "native"
+    if native and not sampler.NATIVE_LOOP:
+        pytest.skip("the native loop is not built or this CPU lacks AVX2/FMA")
+    monkeypatch.setattr(sampler, "NATIVE_LOOP", native)
+    return request.param
+
+
 def _both(decoder, z, length, temperature, controls=None, start=None, seed=7):
     """(reference, fast) DecodeResults and RNG states after each, from the same seed."""
     results = []
@@ -111,6 +121,24 @@ def test_the_path_is_taken_only_where_it_applies(monkeypatch):
     with torch.no_grad():
         decoder.double().sample(z.double(), 4)  # float64: the reference
     assert len(calls) == 1
+
+
+def test_the_native_loop_is_one_call_and_threads_split_the_batch(loop, monkeypatch):
+    """One native call per decode, whatever the length; rows split over threads give the same tokens."""
+    if loop != "native":
+        pytest.skip("native loop only")
+    calls = []
+    original = sampler._native.decode
+    monkeypatch.setattr(sampler._native, "decode", lambda *a: calls.append(a[-1]) or original(*a))
+    decoder, z = _flat(layers=3), torch.randn(9, 5)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 4):  # 4 threads on 9 rows: 3 slices of 3
+            torch.set_num_threads(threads)
+            _assert_same(decoder, z, 20, 0.8)
+    finally:
+        torch.set_num_threads(saved)
+    assert calls == [1, 2, 4]
 
 
 def test_changed_weights_are_laid_out_again():
