@@ -51,7 +51,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.grpc_server import GrpcServer, metrics_port_from_env
     from serving.operations import ModelRegistry, Operations
 
+    from musicvae.nn.sampler import DECODE_THREADS_ENV
+
     env = model_env(args)
+    # torch's own ops stay on one thread (OMP_NUM_THREADS=1 below: OpenMP's wake-ups cost these small ops
+    # more than they gain), while a batched decode, one native call, splits its rows over every core.
+    os.environ.setdefault(DECODE_THREADS_ENV, str(len(os.sched_getaffinity(0))))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -73,6 +78,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.grpc:
         child_env = {**os.environ, **env, "MUSICVAE_WORKERS": str(args.workers), "BENTOML_DO_NOT_TRACK": "true"}
         child_env.setdefault("OMP_NUM_THREADS", "1")
+        # BentoML records an OpenTelemetry span tree per request even when it samples none (RECORD_ONLY), and
+        # pending timers keep them alive: CPU and longer GC pauses for nothing. Tracing users set it to false.
+        child_env.setdefault("OTEL_SDK_DISABLED", "true")
         child = subprocess.Popen(http_command(args.service, args.host, args.port), env=child_env, start_new_session=True)
         print(f"HTTP   http://{args.host}:{args.port}  (serving.service:{SERVICE_CLASSES[args.service]}; /docs, /readyz, /metrics)",
               flush=True)

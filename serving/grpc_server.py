@@ -19,6 +19,7 @@ calls in flight (`musicvae_grpc_requests_in_progress`) and requests per model ca
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from serving.operations import (
     ModelRegistry,
     Operations,
     ServingError,
+    freeze_heap,
     result,
     validate,
 )
@@ -352,6 +354,7 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.server.start()
+        freeze_heap()
         if self.metrics is not None:
             try:
                 self.metrics_port = self.metrics.serve(metrics_port, host)
@@ -369,6 +372,7 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.stop()
         self.ops.close()
+        gc.unfreeze()  # what the server held may be garbage now (tests start and stop servers in one process)
 
     def wait(self) -> None:
         self.server.wait_for_termination()

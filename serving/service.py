@@ -46,6 +46,7 @@ from serving.operations import (
     ServingError,
     TimedOut,
     TooLarge,
+    freeze_heap,
     translated,
 )
 from serving.schemas import (
@@ -263,6 +264,7 @@ class _Base:
         registry.sources = {name: sources.get(src, src) for name, src in registry.sources.items()}
         self.ops = Operations(registry, on_batch=batch_histogram().observe)
         self.ops.warm_up()  # before /readyz says ready
+        freeze_heap()
 
     async def _answer(self, submit: Callable[[], Future]) -> Response:
         try:
@@ -280,7 +282,7 @@ class _Base:
 
     @bentoml.api(route="/models")
     async def models(self) -> dict:
-        """The served models: config, source (model store tag), z_size, max_seq_len, operations, attributes."""
+        """The served models (config, source: model store tag, z_size, max_seq_len, operations, attributes), queue and threads."""
         return self.ops.models()
 
 
@@ -435,7 +437,8 @@ def _service(name: str, doc: str, *bases: type) -> Any:
         workers=WORKERS,
         traffic={"timeout": REQUEST_TIMEOUT + 5, "max_concurrency": MAX_CONCURRENCY},
         resources={"cpu": "2", "memory": "2Gi"},
-        envs=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+        envs=[{"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "MUSICVAE_DECODE_THREADS", "value": "2"},  # = cpu
+              {"name": "OTEL_SDK_DISABLED", "value": "true"}],  # see serving/cli.py
         logging={"access": {"enabled": ACCESS_LOG}},
     )(cls)
     routes = {"/" + api.route.strip("/") for api in svc.apis.values()}

@@ -32,6 +32,7 @@ the argmax per part.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -53,6 +54,19 @@ except ImportError:  # a source tree run without `pip install -e .`: the torch l
 
 FAST_SAMPLING = True  # False: every decoder samples through the generic step loop (the reference path)
 NATIVE_LOOP = _native is not None and _native.available()  # False: the torch loop on the CPU too
+# Threads the native loop splits a batch over; 0: torch.get_num_threads(). A server that keeps torch's own
+# ops on one thread (OMP_NUM_THREADS=1) still decodes a batch on every core it has.
+DECODE_THREADS_ENV = "MUSICVAE_DECODE_THREADS"
+
+
+def decode_threads() -> int:
+    """Threads for one native decode: $MUSICVAE_DECODE_THREADS if set and positive, else torch's intra-op count."""
+    value = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    try:
+        threads = int(value) if value else 0
+    except ValueError:
+        raise ValueError(f"{DECODE_THREADS_ENV} must be a whole number of threads, got {value!r}") from None
+    return threads if threads > 0 else torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -282,7 +296,7 @@ def _decode_native(
         tuple(b.data_ptr() for b in w.biases),
         parts,
         1.0 if temperature is None else float(temperature),
-        torch.get_num_threads(),
+        decode_threads(),
     )
     return logits, chosen
 

@@ -141,6 +141,18 @@ def test_the_native_loop_is_one_call_and_threads_split_the_batch(loop, monkeypat
     assert calls == [1, 2, 4]
 
 
+def test_decode_threads_come_from_the_environment_else_torch(monkeypatch):
+    monkeypatch.delenv(sampler.DECODE_THREADS_ENV, raising=False)
+    assert sampler.decode_threads() == torch.get_num_threads()
+    monkeypatch.setenv(sampler.DECODE_THREADS_ENV, "3")
+    assert sampler.decode_threads() == 3
+    monkeypatch.setenv(sampler.DECODE_THREADS_ENV, "0")  # 0: torch's count
+    assert sampler.decode_threads() == torch.get_num_threads()
+    monkeypatch.setenv(sampler.DECODE_THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="MUSICVAE_DECODE_THREADS must be a whole number"):
+        sampler.decode_threads()
+
+
 def test_changed_weights_are_laid_out_again():
     decoder, z = _flat(), torch.randn(3, 5)
     _assert_same(decoder, z, 10, None)

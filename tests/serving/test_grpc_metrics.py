@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import grpc
@@ -53,3 +54,13 @@ def test_no_metrics_port_no_metrics(checkpoint: Path):
         assert server.metrics is None and server.metrics_port is None
     finally:
         server.stop(grace=1)
+
+
+def test_a_running_server_keeps_its_start_up_heap_out_of_the_collector(checkpoint: Path):
+    """Frozen while it serves (full collections otherwise stop the model worker for 80-200 ms), thawed on stop."""
+    server = GrpcServer(Operations(ModelRegistry.load([str(checkpoint)])), port=0)
+    try:
+        assert gc.get_freeze_count() > 10_000  # modules, torch, the model
+    finally:
+        server.stop(grace=1)
+    assert gc.get_freeze_count() == 0

@@ -3,6 +3,7 @@ a clear error for a model it cannot load."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def test_serve_a_checkpoint_then_stop_both_on_sigterm(checkpoint: Path, tmp_path
     try:
         r = httpx.post(f"{srv.url}/sample", json={"format": "notes"}, timeout=30)
         assert r.status_code == 200 and r.json()["config"] == CONFIG
+        # torch's ops on one thread (OMP_NUM_THREADS=1), a batched decode on every core
+        assert httpx.post(f"{srv.url}/models", timeout=30).json()["decode_threads"] == len(os.sched_getaffinity(0))
         assert httpx.post(f"{srv.url}/interpolate", timeout=30).status_code == 404  # the sampling service only
         with MusicVAEClient(srv.grpc_target) as c:
             assert c.health() == "SERVING" and len(c.sample()) == 1
