@@ -133,6 +133,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="serve this checkpoint (ckpt-N.pt, a run dir, or a Magenta checkpoint with --config) "
                    "instead of packaged models; repeatable")
     p.add_argument("--config", default=None, help="config name: of a Magenta --checkpoint_file, or the packaged model to serve")
-    p.add_argument("--workers", type=int, default=1, help="BentoML worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("MUSICVAE_WORKERS", 1)),
+                   help="BentoML worker processes, each with its own GIL: one per core for throughput "
+                   "(default $MUSICVAE_WORKERS or 1)")
     p.set_defaults(func=run_serve)
     return p

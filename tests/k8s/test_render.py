@@ -95,7 +95,8 @@ def test_gpu_overlay_changes_only_scheduling_resources_and_scaling(rendered):
         r"|template/spec/(nodeSelector/nvidia\.com/gpu\.present|tolerations/\d+/(key|operator|effect)"
         r"|containers/(http|grpc)/image"
         r"|containers/http/resources/(requests|limits)/(cpu|memory|nvidia\.com/gpu)"
-        r"|containers/grpc/env/NVIDIA_VISIBLE_DEVICES/(name|value)))"
+        r"|containers/grpc/env/NVIDIA_VISIBLE_DEVICES/(name|value)"
+        r"|containers/http/env/MUSICVAE_WORKERS/(value|valueFrom/resourceFieldRef/(containerName|resource))))"
         r"|HorizontalPodAutoscaler/[^/]+/spec/(maxReplicas|metrics/1/pods/target/averageValue)")
     changed = _differences(rendered["cpu"], rendered["gpu"])
     assert changed and [p for p in changed if not allowed.fullmatch(p)] == []
@@ -119,3 +120,33 @@ def test_another_kustomize_renders_the_same(_rendered):
         out = subprocess.run([other, "kustomize", str(path)], capture_output=True, text=True, check=True,
                              timeout=120, env={**os.environ, "KUBECONFIG": os.devnull})
         assert [d for d in yaml.safe_load_all(out.stdout) if d] == _rendered[target], target
+
+
+def _containers(docs: list[dict]):
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                yield doc["metadata"]["name"], container
+
+
+def test_every_env_var_has_exactly_one_source(rendered):
+    """A patch that sets `value` over a base `valueFrom` must also drop it (kustomize merges the two)."""
+    for target, docs in rendered.items():
+        for name, container in _containers(docs):
+            for var in container.get("env", []):
+                assert ("value" in var) != ("valueFrom" in var), (target, name, container["name"], var)
+
+
+def test_decode_threads_and_http_workers_follow_the_cpu_limit(rendered):
+    def env(container: dict) -> dict:
+        return {v["name"]: v.get("value", v.get("valueFrom")) for v in container["env"]}
+
+    for target in ("cpu", "gpu"):
+        for name, container in _containers(rendered[target]):
+            e = env(container)
+            assert e["OMP_NUM_THREADS"] == "1", (target, name)
+            assert e["MUSICVAE_DECODE_THREADS"] == {
+                "resourceFieldRef": {"containerName": container["name"], "resource": "limits.cpu"}}, (target, name)
+            if container["name"] == "http":
+                expected = "1" if target == "gpu" else {"resourceFieldRef": {"containerName": "http", "resource": "limits.cpu"}}
+                assert e["MUSICVAE_WORKERS"] == expected, (target, name)
