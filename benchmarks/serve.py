@@ -17,7 +17,7 @@ answer arrives (closed loop). Sampling: `POST /sample` {"config", "num_outputs":
 (gRPC: Sample). Interpolation: `POST /interpolate` with two 2-bar MIDI uploads, num_outputs=5
 (Magenta's default; gRPC: Interpolate) -> a zip of 5 .mid. `--format notes` asks for JSON note lists
 instead, which skips writing MIDI files (about 0.1 ms per file since midi_io's direct writer). Latency is per request, client side; 4xx/5xx and gRPC errors
-are counted, not timed. The load generator (aiohttp, grpc.aio) runs in this process on the same
+are counted, not timed. The load generator (HttpPool below, grpc.aio; on uvloop) runs in this process on the same
 machine, so it competes with the server for the cores: the 1-minute load average before and after
 each cell is in the table. "cpu ms/req" is the CPU time (user + system) the server's processes used
 during the cell per answered request, which the load on the machine changes little: 1000 × cores /
@@ -198,7 +198,7 @@ class HttpPool:
     """Keep-alive HTTP/1.1 connections that send fixed, prebuilt requests and read status and body.
 
     The load generator shares the two cores with the server, so its own CPU per call is taken from the
-    figures: aiohttp spent about 1.5 ms per call here, this about a tenth of that (the "client cpu"
+    figures: aiohttp cost about 1 ms of CPU per call here, this about 0.15 ms (the "client cpu"
     column). It handles what the server sends: Content-Length or chunked bodies, and `Connection: close`.
     """
 
