@@ -42,7 +42,7 @@ import pydantic
 from musicvae.data.midi_io import MidiReadError, sequence_to_midi_bytes
 from musicvae.data.note_sequence import Note as SeqNote
 from musicvae.data.note_sequence import NoteSequence, Tempo, TimeSignature
-from musicvae.generate import ExtractionError, MultipleExtractedExamplesError, NoExtractedExamplesError, TrainedModel
+from musicvae.generate import ExtractionError, MultipleExtractedExamplesError, NoExtractedExamplesError, TrainedModel, slerp
 from musicvae.nn import sampler
 
 from serving.schemas import (
@@ -448,8 +448,11 @@ class ModelWorker:
                 for job in live:
                     job.future.set_exception(e)
                 continue
-            for job, result in zip(live, results):
-                job.future.set_result(result)
+            for job, result in zip(live, results):  # a batch may fail some of its jobs alone (their bad input)
+                if isinstance(result, ServingError):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
 
 
 # --- the operations -----------------------------------------------------------------------------------
@@ -535,30 +538,58 @@ class Operations:
         length = self._length(tm, req.length)
         self._format(req.format, req.num_outputs)
         a, b = midi_source(input_midi_1, "input_midi_1"), midi_source(input_midi_2, "input_midi_2")
+        key = None if req.seed is not None else ("interpolate", req.config, req.temperature, length)
+        return self.worker.submit(self._interpolate_batch, (req, length, a, b), key=key, rows=req.num_outputs)
 
-        def run(jobs: list[_Job]) -> list[Generated]:
-            view = self.registry.view(req.config, _bucket(req.num_outputs, self.worker.max_batch_rows))
-            for source, name in ((a, "input_midi_1"), (b, "input_midi_2")):
-                self._one_window(view, source, name)
-            seqs = view.interpolate(a, b, req.num_outputs, length, req.temperature, seed=req.seed, as_sequences=True)
-            return [Generated.render(seqs, req.config, "interpolate", req.format)]
+    def _interpolate_batch(self, jobs: list[_Job]) -> list[Generated | ServingError]:
+        """Interpolations that arrived together: every input encoded in one batch, every point decoded in one.
 
-        return self.worker.submit(run, None)
+        A job whose input has no single window fails alone; the others go on.
+        """
+        first, length = jobs[0].payload[:2]
+        tm = self.registry.get(first.config)
+        out: list[Generated | ServingError] = []
+        windows = []
+        for job in jobs:
+            _, _, a, b = job.payload
+            try:
+                windows += [self._one_window(tm, a, "input_midi_1"), self._one_window(tm, b, "input_midi_2")]
+                out.append(None)
+            except ServingError as e:
+                out.append(e)
+        ok = [i for i, result in enumerate(out) if result is None]
+        if not ok:
+            return out
+        cap = self.worker.max_batch_rows
+        inputs, lengths = [w[0] for w in windows], [w[2] for w in windows]
+        _, mu, _ = self.registry.view(first.config, _bucket(len(inputs), cap)).encode_tensors(inputs, lengths)
+        counts = [jobs[i].payload[0].num_outputs for i in ok]
+        z = np.concatenate([slerp(mu[2 * k], mu[2 * k + 1], n) for k, n in enumerate(counts)]).astype(np.float32)
+        view = self.registry.view(first.config, _bucket(len(z), cap))
+        seqs = view.decode(z, length, first.temperature, seed=first.seed, as_sequences=True)
+        start = 0
+        for i, n in zip(ok, counts):
+            req = jobs[i].payload[0]
+            out[i] = Generated.render(seqs[start : start + n], req.config, "interpolate", req.format)
+            start += n
+        return out
 
     @staticmethod
-    def _one_window(tm: TrainedModel, source: bytes | NoteSequence, name: str) -> None:
-        """Name the input in extraction errors (the library says `<N bytes of MIDI>`)."""
+    def _one_window(tm: TrainedModel, source: bytes | NoteSequence, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """The input's one window (inputs, controls, length), or an error that names the input (the library
+        says `<N bytes of MIDI>`)."""
         try:
-            windows = len(tm.converter.to_tensors(source))
+            tensors = tm.converter.to_tensors(source)
         except MidiReadError as e:
             raise InvalidInput(f"{name}: malformed MIDI: {e}") from None
-        if windows == 0:
+        if len(tensors) == 0:
             raise Unprocessable(
                 f"{name}: no valid input for {tm.config.name} could be extracted (MusicVAE configs have very specific "
                 "input requirements: e.g. a 2-bar melody model needs 2 bars of monophonic notes in 4/4)"
             )
-        if windows > 1:
-            raise Unprocessable(f"{name}: {windows} valid inputs extracted; exactly one is needed (trim it to one window)")
+        if len(tensors) > 1:
+            raise Unprocessable(f"{name}: {len(tensors)} valid inputs extracted; exactly one is needed (trim it to one window)")
+        return tensors.inputs[0], tensors.controls[0], tensors.lengths[0]
 
     def encode(self, config: str, inputs: Sequence[MidiInput], seed: int | None = None) -> Future:
         tm = self._model(config, "encode")

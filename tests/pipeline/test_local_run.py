@@ -104,12 +104,14 @@ def test_a_killed_local_run_resumes_without_redoing_finished_work(env: Path):
 
     try:
         deadline = time.monotonic() + 180
-        # Kill once validation and both conversions are cached and training has written a checkpoint (the
-        # heldout conversion runs beside training; killed before it is cached, it would rightly run again).
+        # Kill once training has written a checkpoint. The local runner runs one task at a time, and in a
+        # loop body whose order varies from run to run (the compiled spec's task map): the heldout
+        # conversion may have run before training or not yet.
         while True:
             tasks = cached_tasks()
             assert not any("model" in t for t in tasks), "training finished before the kill: raise --num_steps"
-            if sum("shards" in t for t in tasks) == 2 and list((env / "root").glob("checkpoints/*/train/ckpt-*.pt")):
+            if list((env / "root").glob("checkpoints/*/train/ckpt-*.pt")):
+                converted = sum("shards" in t for t in tasks)
                 break
             assert first.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
             time.sleep(0.05)
@@ -120,6 +122,7 @@ def test_a_killed_local_run_resumes_without_redoing_finished_work(env: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     executed = re.findall(r"Executing task \S*'([\w-]+)'", log)
-    assert executed[:2] == ["importer", "train"], executed  # validate and both converts came from the cache
+    assert executed[:2] == ["importer", "train"], executed  # validate and the training split's convert: cached
+    assert converted >= 1 and executed.count("convert") + executed.count("convert-2") == 2 - converted, (converted, executed)
     assert re.search(r"resuming from \S+ckpt-([1-9]\d*)\.pt", log)
     assert json.loads((env / "root" / "summary.json").read_text())["configs"][CONFIG]["passed"] is True

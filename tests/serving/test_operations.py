@@ -113,6 +113,31 @@ def test_interpolate_from_midi_and_note_lists(ops: Operations, midi_a: bytes, mi
     assert len(notes.notes) == 3
 
 
+def test_concurrent_interpolations_are_batched_and_a_bad_input_fails_alone(ops: Operations, midi_a: bytes, midi_b: bytes, midi_drums: bytes):
+    before = ops.worker.batches
+    gate = threading.Event()
+    blocker = ops.worker.submit(lambda jobs: [gate.wait(10)], None)  # hold the worker while requests queue
+    good = [ops.interpolate(InterpolateRequest(num_outputs=n, format="notes"), midi_a, midi_b) for n in (2, 3, 5)]
+    bad = ops.interpolate(InterpolateRequest(num_outputs=4, format="notes"), midi_a, midi_drums)
+    last = ops.interpolate(InterpolateRequest(num_outputs=2, format="zip"), midi_b, midi_a)
+    gate.set()
+    assert [len(run(f).notes) for f in good] == [2, 3, 5]
+    with pytest.raises(Unprocessable, match="input_midi_2: no valid input"):
+        run(bad)
+    assert run(last).http_body()[0].startswith(b"PK")
+    run(blocker)
+    assert ops.worker.batches - before == 2  # the blocker, then the five requests as one batch
+    # Near-greedy (τ = 1e-4: the argmax unless two logits tie), a batched job decodes what it decodes alone.
+    cold = InterpolateRequest(num_outputs=3, format="notes", temperature=1e-4)
+    alone = run(ops.interpolate(cold.model_copy(update={"seed": 5}), midi_a, midi_b)).notes
+    gate = threading.Event()
+    blocker = ops.worker.submit(lambda jobs: [gate.wait(10)], None)
+    together = [ops.interpolate(cold, x, y) for x, y in ((midi_b, midi_a), (midi_a, midi_b))]
+    gate.set()
+    run(blocker)
+    assert [run(f).notes for f in together][1] == alone
+
+
 def test_encode_decode_round_trip(ops: Operations, midi_a: bytes, midi_b: bytes):
     enc = run(ops.encode(CONFIG, [midi_a, midi_b], seed=0))
     assert np.asarray(enc["mu"]).shape == (2, 8) and np.all(np.asarray(enc["sigma"]) > 0)
