@@ -18,7 +18,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -53,6 +52,10 @@ typedef struct {
     float *logits;   /* out: [steps][batch][out_dim] */
     int64_t *chosen; /* out: [steps][parts][batch] */
 } Job;
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(MUSICVAE_NO_KERNELS)
+#define HAVE_KERNELS 1 /* elsewhere the module builds, `available()` is False and the caller uses torch */
+#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -374,9 +377,11 @@ static int run_job(const Job *J, int threads) {
     }
     return status;
 }
+#endif /* HAVE_KERNELS */
 
 /* ---- Python interface ---------------------------------------------------------------------- */
 
+#ifdef HAVE_KERNELS
 static int read_pointers(PyObject *seq, int count, const float **out, const char *what) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (fast == NULL) return -1;
@@ -395,8 +400,13 @@ static int read_pointers(PyObject *seq, int count, const float **out, const char
     Py_DECREF(fast);
     return 0;
 }
+#endif
 
 static PyObject *decode(PyObject *self, PyObject *args) {
+#ifndef HAVE_KERNELS
+    PyErr_SetString(PyExc_RuntimeError, "the native sampling loop needs an x86-64 CPU with AVX2 and FMA");
+    return NULL;
+#else
     Job J;
     memset(&J, 0, sizeof J);
     unsigned long long tokens, aux, first, h0, c0, out_w, out_bias, noise, logits, chosen;
@@ -430,6 +440,12 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "decode: the parts must add up to the output depth");
         return NULL;
     }
+    int missing = !tokens || !aux || !h0 || !c0 || !out_w || !out_bias || !logits || !chosen;
+    for (int k = 0; k < J.layers; k++) missing |= !kernel_ptrs[k] || (k > 0 && !bias_ptrs[k]);
+    if (missing) {
+        PyErr_SetString(PyExc_ValueError, "decode: a required buffer is missing (address 0)");
+        return NULL;
+    }
     for (int k = 0; k < J.layers; k++) {
         J.kernel[k] = (Packed){kernel_ptrs[k], k == 0 ? J.units : 2 * J.units, 4 * J.units};
         J.bias[k] = k == 0 ? NULL : bias_ptrs[k];
@@ -451,11 +467,16 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (status) return PyErr_NoMemory();
     Py_RETURN_NONE;
+#endif
 }
 
 static PyObject *available(PyObject *self, PyObject *unused) {
+#ifdef HAVE_KERNELS
     __builtin_cpu_init();
     return PyBool_FromLong(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+#else
+    Py_RETURN_FALSE;
+#endif
 }
 
 static PyMethodDef methods[] = {

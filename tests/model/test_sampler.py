@@ -178,3 +178,33 @@ def test_cuda_graph_replay_gives_the_eager_samples():
         assert graphed._graphs and all(g is not None for g in graphed._graphs.values())
         np.testing.assert_array_equal(graphed.decode_to_tensors(z, temperature=temperature, seed=1), first)
         np.testing.assert_array_equal(eager.decode_to_tensors(z, temperature=temperature, seed=1), first)
+
+
+def test_the_native_module_refuses_missing_buffers():
+    if sampler._native is None:
+        pytest.skip("the native module is not built")
+    with pytest.raises(ValueError, match="a required buffer is missing"):
+        sampler._native.decode((1, 4, 2, 1, 3, 0), (0,) * 10, (0,), (), (3,), 1.0, 1)
+
+
+def test_without_the_kernels_the_module_still_builds_and_says_so(tmp_path):
+    """Non-x86 CPUs (an arm64 image): the module builds, `available()` is False, the torch loop is used."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source = Path(sampler.__file__).with_name("_decode.c")
+    target = tmp_path / f"_decode{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run([compiler, "-O1", "-pthread", "-fPIC", "-shared", "-DMUSICVAE_NO_KERNELS",
+                    f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target)], check=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("_decode", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.available() is False
+    with pytest.raises(RuntimeError, match="needs an x86-64 CPU with AVX2 and FMA"):
+        module.decode((1, 4, 2, 1, 3, 0), (1,) * 10, (1,), (), (3,), 1.0, 1)
