@@ -548,7 +548,7 @@ class Operations:
         """
         first, length = jobs[0].payload[:2]
         tm = self.registry.get(first.config)
-        out: list[Generated | ServingError] = []
+        out: list[Generated | ServingError | None] = []  # None: not done yet
         windows = []
         for job in jobs:
             _, _, a, b = job.payload

@@ -12,8 +12,8 @@ NADE, GrooVAE, autograd, autocast and dropout):
 * z's (and the controls') share of layer 0, plus its biases, is one matmul per sequence before the
   loop; the previous token's share is a row gather of the token kernel (one-hot × W is a row of W);
 * on a CPU with AVX2 and FMA the whole loop runs in native code (`musicvae/nn/_decode.c`, one call per
-  batch, rows split over `torch.get_num_threads()` threads, weights packed once per decoder into
-  16-column panels); the Exp(1) draws it samples with are drawn up front from the torch generator,
+  batch, rows split over `decode_threads()` threads, weights packed once per decoder into 16-column
+  panels); the Exp(1) draws it samples with are drawn up front from the torch generator,
   one tensor for every step, which is the same stream of numbers as the reference's per-step draws;
 * elsewhere (CUDA, or a CPU without them) every buffer and every view is made before the loop, so a step
   is ~20 tensor ops writing into them: no allocation, no slicing, no host synchronisation, static shapes.
@@ -52,8 +52,9 @@ try:
 except ImportError:  # a source tree run without `pip install -e .`: the torch loop
     _native = None
 
+_NATIVE_AVAILABLE = _native is not None and _native.available()
 FAST_SAMPLING = True  # False: every decoder samples through the generic step loop (the reference path)
-NATIVE_LOOP = _native is not None and _native.available()  # False: the torch loop on the CPU too
+NATIVE_LOOP = _NATIVE_AVAILABLE  # False: the torch loop on the CPU too
 # Threads the native loop splits a batch over; 0: torch.get_num_threads(). A server that keeps torch's own
 # ops on one thread (OMP_NUM_THREADS=1) still decodes a batch on every core it has.
 DECODE_THREADS_ENV = "MUSICVAE_DECODE_THREADS"
@@ -134,7 +135,7 @@ def _layout(decoder: BaseLstmDecoder) -> _Layout:
             biases=tuple(bias[1:]),
             out_weight=out_weight,
             out_bias=decoder.output_projection.bias.detach(),
-            packed=tuple(_pack(w) for w in (recurrent0, *kernels, out_weight)) if on_cpu and _native else None,
+            packed=tuple(_pack(w) for w in (recurrent0, *kernels, out_weight)) if on_cpu and _NATIVE_AVAILABLE else None,
         )
     _LAYOUTS[decoder] = layout
     return layout
