@@ -266,6 +266,12 @@ _HIER_ENC = dict(encoder="hierarchical", decoder="hierarchical", level_lengths=(
 _TRIO_DEPTHS = (90, 90, 512)
 _MEL16 = dict(batch_size=512, max_seq_len=256, z_size=512, free_bits=256, max_beta=0.2)
 _TRIO16 = dict(batch_size=256, max_seq_len=256, z_size=512)
+# Our release presets, not Magenta's: the hierarchical 16-bar models at cat-mel_2bar_small's sizes, so that
+# trained half-precision weights fit in the repository (5.48 M / 11.34 M parameters: 10.4 / 21.6 MB), like
+# Magenta.js's small 16-bar checkpoints; objective and schedules are the full-size configs'.
+_SMALL16 = dict(z_size=256, enc_rnn_size=(512,), dec_rnn_size=(256, 256))
+_HIER_TRIO = ModelSpec(decoder="hierarchical", level_lengths=(16, 16), core_decoder="split_multi_out",
+                       output_depths=_TRIO_DEPTHS)
 
 _CONFIGS = [
     # --- melodies ------------------------------------------------------------------------
@@ -279,6 +285,7 @@ _CONFIGS = [
            HParams(enc_rnn_size=(2048, 2048), dec_rnn_size=(1024, 1024), **_MEL16), _melody_16bar),
     Config("hier-mel_16bar", ModelSpec(**_HIER_ENC),
            HParams(enc_rnn_size=(1024,), dec_rnn_size=(1024, 1024), **_MEL16), _melody_16bar),
+    Config("hierdec-mel_16bar_small", _HIER, HParams(**{**_MEL16, **_SMALL16}), _melody_16bar),
     # --- drums ---------------------------------------------------------------------------
     Config("cat-drums_2bar_small", ModelSpec(), _CAT_DRUMS_SMALL, _drums()),
     Config("cat-drums_2bar_small.lokl", ModelSpec(), _CAT_DRUMS_SMALL.override(free_bits=0, max_beta=0.8), _drums()),
@@ -291,9 +298,10 @@ _CONFIGS = [
     # --- trios ---------------------------------------------------------------------------
     Config("flat-trio_16bar", ModelSpec(decoder="multi_out_categorical", output_depths=_TRIO_DEPTHS),
            HParams(enc_rnn_size=(2048, 2048), dec_rnn_size=(2048, 2048, 2048), **_TRIO16), _trio),
-    Config("hierdec-trio_16bar",
-           ModelSpec(decoder="hierarchical", level_lengths=(16, 16), core_decoder="split_multi_out", output_depths=_TRIO_DEPTHS),
+    Config("hierdec-trio_16bar", _HIER_TRIO,
            HParams(enc_rnn_size=(2048, 2048), dec_rnn_size=(1024, 1024), free_bits=256, max_beta=0.2, **_TRIO16), _trio),
+    Config("hierdec-trio_16bar_small", _HIER_TRIO,
+           HParams(free_bits=256, max_beta=0.2, **{**_TRIO16, **_SMALL16}), _trio),
     Config("hier-trio_16bar",
            ModelSpec(core_decoder="split_multi_out", output_depths=_TRIO_DEPTHS, **_HIER_ENC),
            HParams(enc_rnn_size=(1024,), dec_rnn_size=(1024, 1024), free_bits=256, max_beta=0.2, **_TRIO16), _trio),

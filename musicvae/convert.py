@@ -58,11 +58,11 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Which corpus family feeds which config (first matching pattern wins).
 FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
     ("groovae*", "groove"),
-    ("*-trio_16bar", "trio"),
+    ("*-trio_16bar*", "trio"),
     ("cat-drums*", "drums"),
     ("nade-drums*", "drums"),
     ("cat-mel*", "melody"),
-    ("*-mel_16bar", "melody"),
+    ("*-mel_16bar*", "melody"),
 )
 
 

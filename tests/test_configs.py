@@ -14,6 +14,7 @@ MAGENTA_NAMES = {
     "groovae_2bar_tap_fixed_velocity_note_dropout", "groovae_2bar_add_closed_hh", "groovae_2bar_hits_control_tfds",
 }
 README_NAMES = {"groovae_2bar_hits_control", "cat-drums_2bar_small.lokl", "cat-drums_2bar_small.hikl"}
+RELEASE_PRESETS = {"hierdec-mel_16bar_small", "hierdec-trio_16bar_small"}  # ours: weights that fit in the repo
 
 # (input depth, output depth, control depth) per spec §2
 DEPTHS = {
@@ -29,7 +30,7 @@ DEPTHS = {
 
 
 def test_every_config_is_listed():
-    assert set(CONFIG_MAP) == MAGENTA_NAMES | README_NAMES
+    assert set(CONFIG_MAP) == MAGENTA_NAMES | README_NAMES | RELEASE_PRESETS
 
 
 @pytest.mark.parametrize("name, depths", sorted(DEPTHS.items()))

@@ -119,6 +119,22 @@ def test_parameter_counts_match_spec(name):
     assert not any(b.numel() and b.requires_grad for b in model.buffers())
 
 
+# Our release presets (not in the spec): parameter counts, and half-precision weights of about 20 MB at most.
+RELEASE_PRESET_PARAMS = {"hierdec-mel_16bar_small": 5_476_442, "hierdec-trio_16bar_small": 11_340_980}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASE_PRESET_PARAMS))
+def test_release_presets_are_small_versions_of_the_16bar_configs(name):
+    with torch.device("meta"):
+        model = CONFIG_MAP[name].build_model()
+    count = sum(p.numel() for p in model.parameters())
+    assert count == RELEASE_PRESET_PARAMS[name]
+    assert 2 * count <= 22 * 2**20  # fp16 bytes: committable
+    full = CONFIG_MAP[name.removesuffix("_small")]
+    assert CONFIG_MAP[name].model == full.model and CONFIG_MAP[name].converter_factory == full.converter_factory
+    assert CONFIG_MAP[name].hparams.free_bits == full.hparams.free_bits == 256
+
+
 def test_hierdec_mel_shapes_match_a_real_checkpoint():
     """Kernel shapes posted from Magenta's released hierdec-mel_16bar checkpoint (spec §1.4)."""
     with torch.device("meta"):
