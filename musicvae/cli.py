@@ -38,6 +38,7 @@ def _configs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from musicvae.attributes import add_attributes_parser, add_constraints_parser
+    from musicvae.card import add_card_parser
     from musicvae.convert import add_convert_parser
     from musicvae.gate import add_gate_parser
     from musicvae.generate import add_import_parser
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_constraints_parser(sub)
     add_gate_parser(sub)
     add_package_parser(sub)
+    add_card_parser(sub)
     add_retrain_parser(sub)
     # Subcommands of the workflow parts (pipeline, serve): see [project.entry-points."musicvae.commands"].
     for entry in sorted(entry_points(group="musicvae.commands"), key=lambda e: e.name):

@@ -58,6 +58,7 @@ from musicvae.convert import INDEX_NAME, _Reader, config_family, discover_inputs
 from musicvae.data.augment import augment_sequence
 from musicvae.data.converter import DataConverter
 from musicvae.data.midi_io import read_midi
+from musicvae.nn.decoders import sampling_probability
 from musicvae.nn.metrics import EvalMetrics
 
 log = logging.getLogger(__name__)
@@ -766,6 +767,16 @@ def evaluate(opts: TrainOptions) -> dict[str, Any]:
     path = latest_checkpoint(train_dir)
     if path is None:
         raise CheckpointError(f"no checkpoint in {train_dir}; train first (--mode=train)")
+    doc = evaluate_checkpoint(path, opts)
+    eval_dir = Path(opts.run_dir) / EVAL_DIR
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(eval_dir / "metrics.json", doc)
+    log.info("eval at step %d on %d examples: %s", doc["step"], doc["num_examples"], json.dumps(doc))
+    return doc
+
+
+def evaluate_checkpoint(path: Path, opts: TrainOptions) -> dict[str, Any]:
+    """Magenta's eval metrics of one checkpoint on `opts`' held-out examples (`opts.config` must be its config)."""
     payload = load_checkpoint(path)
     if payload["config"]["name"] != opts.config:
         raise CheckpointError(f"{path} is a {payload['config']['name']} checkpoint, not {opts.config}")
@@ -797,9 +808,6 @@ def evaluate(opts: TrainOptions) -> dict[str, Any]:
         for index in tqdm(batches, desc=f"eval step {step}", unit="batch", disable=None, leave=False):
             stats.update(model(*examples.batch(index, device), step=step).metrics)
     doc: dict[str, Any] = {_short_name(name): value for name, value in stats.compute().items()}
-    doc.update(step=step, checkpoint=str(path), num_examples=int(sum(len(b) for b in batches)), num_batches=len(batches))
-    eval_dir = Path(opts.run_dir) / EVAL_DIR
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(eval_dir / "metrics.json", doc)
-    log.info("eval at step %d on %d examples: %s", step, doc["num_examples"], json.dumps(doc))
+    doc.update(step=step, checkpoint=str(path), num_examples=int(sum(len(b) for b in batches)), num_batches=len(batches),
+               sampling_probability=sampling_probability(config.hparams, step, training=False))  # 1: fully sampled
     return doc

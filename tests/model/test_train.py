@@ -237,6 +237,39 @@ def test_eval_writes_magenta_metrics(trained: Path, midi: Path):
         assert math.isfinite(doc[key]), key
     assert doc["step"] == 80 and doc["num_examples"] == 70
     assert 0.0 < doc["accuracy"] <= 1.0
+    assert doc["sampling_probability"] == 1.0  # a scheduled-sampling config's eval samples every input (Magenta)
+
+
+def test_card_releases_half_precision_weights_with_teacher_forced_and_sampled_accuracy(trained: Path, midi: Path, tmp_path: Path):
+    from musicvae.cli import main as musicvae_main
+    from musicvae.generate import TrainedModel
+
+    out = tmp_path / "models" / "mel"
+    assert musicvae_main(["card", f"--checkpoint_file={trained}", f"--examples_path={midi}", f"--output_dir={out}",
+                          "--name=mel-tiny", "--device=cpu", "--num_workers=0"]) == 0
+    weights = out / "mel-tiny.pt"
+    payload = torch.load(weights, weights_only=True)
+    assert set(payload) == {"format", "step", "config", "model"} and payload["step"] == 80
+    assert all(v.dtype == torch.float16 for v in payload["model"].values())
+    assert weights.stat().st_size < 0.3 * (trained / "train" / "ckpt-80.pt").stat().st_size  # no Adam state, fp16
+    doc = json.loads((out / "metrics.json").read_text())
+    heldout = doc["heldout"]
+    assert (heldout["teacher_forced"]["sampling_probability"], heldout["sampled"]["sampling_probability"]) == (0.0, 1.0)
+    tf, sampled = (heldout[p]["accuracy"] for p in ("teacher_forced", "sampled"))
+    assert 0.0 < sampled <= tf + 0.05 and tf <= 1.0  # free-running compounds its errors (this tiny model barely)
+    assert doc["heldout"]["teacher_forced"]["num_examples"] == 70
+    assert doc["paper_accuracy"] == {"melody": {"teacher_forced": 0.986, "sampled": 0.951}}
+    card = (out / "README.md").read_text()
+    assert f"| accuracy | {tf:.4f} | {sampled:.4f} |" in card and "| melody | 0.986 | 0.951 |" in card
+    model = TrainedModel.from_checkpoint(weights)  # what music_vae_generate and musicvae serve load
+    assert model.config.name == CONFIG and len(model.sample(2, seed=0, as_sequences=True)) == 2
+
+
+def test_card_refuses_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from musicvae.cli import main as musicvae_main
+
+    assert musicvae_main(["card", f"--checkpoint_file={tmp_path}", "--examples_path=x", f"--output_dir={tmp_path}/o"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().out
 
 
 def _latest_step(run: Path) -> int:
