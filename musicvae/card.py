@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ from musicvae.train import (
 
 log = logging.getLogger(__name__)
 
-# Scheduled-sampling settings for the two passes (spec §3.4: a constant schedule samples with probability rate).
+# Scheduled-sampling settings for the two passes: a constant schedule samples each decoder input with probability
+# sampling_rate (musicvae.nn.decoders.sampling_probability).
 PASSES = {
     "teacher_forced": "sampling_schedule=constant,sampling_rate=0.0",
     "sampled": "sampling_schedule=constant,sampling_rate=1.0",
@@ -165,7 +167,7 @@ def run_card(args: argparse.Namespace) -> int:
         card = write_card(args.checkpoint_file, args.examples_path, args.output_dir, args.name,
                           args.eval_num_batches, args.device, args.num_workers)
     except (TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"musicvae card: error: {e}", flush=True)
+        print(f"musicvae card: error: {e}", file=sys.stderr)
         return 2
     print(card)
     return 0

@@ -352,7 +352,12 @@ class TrainedModel:
         MultipleExtractedExamplesError (with `.count`) for several.
         """
         sources = [midis] if isinstance(midis, (str, Path, bytes, pretty_midi.PrettyMIDI)) else list(midis)
-        windows = [self._single_window(m) for m in sources]
+        return self.encode_windows([self._single_window(m) for m in sources], seed)
+
+    def encode_windows(
+        self, windows: Sequence[tuple[np.ndarray, np.ndarray, int]], seed: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(z, μ, σ) of converter windows, each (inputs, controls, length) as `converter.to_tensors` gives them."""
         inputs, controls, lengths = zip(*windows)
         return self.encode_tensors(inputs, lengths, controls if self.converter.control_depth else None, seed)
 

@@ -561,8 +561,7 @@ class Operations:
         if not ok:
             return out
         cap = self.worker.max_batch_rows
-        inputs, lengths = [w[0] for w in windows], [w[2] for w in windows]
-        _, mu, _ = self.registry.view(first.config, _bucket(len(inputs), cap)).encode_tensors(inputs, lengths)
+        _, mu, _ = self.registry.view(first.config, _bucket(len(windows), cap)).encode_windows(windows)
         counts = [jobs[i].payload[0].num_outputs for i in ok]
         z = np.concatenate([slerp(mu[2 * k], mu[2 * k + 1], n) for k, n in enumerate(counts)]).astype(np.float32)
         view = self.registry.view(first.config, _bucket(len(z), cap))
@@ -600,9 +599,8 @@ class Operations:
         sources = [midi_source(x, f"input {i + 1}") for i, x in enumerate(inputs)]
 
         def run(jobs: list[_Job]) -> list[dict[str, Any]]:
-            for i, s in enumerate(sources):
-                self._one_window(tm, s, f"input {i + 1}")
-            z, mu, sigma = tm.encode(sources, seed=seed)
+            windows = [self._one_window(tm, s, f"input {i + 1}") for i, s in enumerate(sources)]
+            z, mu, sigma = tm.encode_windows(windows, seed=seed)
             return [{"config": config, "z": z.tolist(), "mu": mu.tolist(), "sigma": sigma.tolist()}]
 
         return self.worker.submit(run, None)
@@ -638,8 +636,7 @@ class Operations:
         source = midi_source(input_midi, "input_midi")
 
         def run(jobs: list[_Job]) -> list[Generated]:
-            self._one_window(tm, source, "input_midi")
-            _, mu, _ = tm.encode([source])
+            _, mu, _ = tm.encode_windows([self._one_window(tm, source, "input_midi")])
             seqs = tm.decode(tm.apply_attribute(mu, attribute, strength), temperature=temperature, seed=seed, as_sequences=True)
             return [Generated.render(seqs, config, f"{attribute}", fmt)]
 

@@ -269,7 +269,7 @@ def test_card_refuses_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Captur
     from musicvae.cli import main as musicvae_main
 
     assert musicvae_main(["card", f"--checkpoint_file={tmp_path}", "--examples_path=x", f"--output_dir={tmp_path}/o"]) == 2
-    assert "no checkpoint at" in capsys.readouterr().out
+    assert "no checkpoint at" in capsys.readouterr().err
 
 
 def _latest_step(run: Path) -> int:
