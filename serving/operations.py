@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 MidiInput = Union[bytes, NoteList]  # an uploaded Standard MIDI File or a note list
 
 SEEDED_BATCH_ROWS = 8  # music_vae_generate's --max_batch_size default
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can carry
 
 
 # --- errors: one class per client-visible outcome, with its HTTP status and gRPC code ----------------
@@ -232,7 +233,10 @@ class Generated:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             for name, data in zip(names, self.midi):
-                zf.writestr(name, data)
+                # A fixed date: a seeded request must give the same bytes, not ones that vary with the clock.
+                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
         zip_name = f"{self.config}_{self.mode}.zip"
         return buf.getvalue(), "application/zip", {"content-disposition": f'attachment; filename="{zip_name}"'}
 

@@ -44,6 +44,7 @@ def test_sample_json_to_midi_zip_and_notes(http: httpx.Client):
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         assert len(zf.namelist()) == 4
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}  # not the clock's
     again = post_json(http, "/sample", {"num_outputs": 4, "format": "zip", "seed": 5})
     assert again.content == r.content  # seeded: reproducible
 
