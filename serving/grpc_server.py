@@ -19,7 +19,6 @@ calls in flight (`musicvae_grpc_requests_in_progress`) and requests per model ca
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -43,6 +42,7 @@ from serving.operations import (
     Operations,
     ServingError,
     freeze_heap,
+    thaw_heap,
     result,
     validate,
 )
@@ -372,7 +372,7 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.stop()
         self.ops.close()
-        gc.unfreeze()  # what the server held may be garbage now (tests start and stop servers in one process)
+        thaw_heap()  # what the server held may be garbage now (tests start and stop servers in one process)
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -56,6 +56,7 @@ from serving.schemas import (
 )
 
 log = logging.getLogger(__name__)
+_DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 
 MidiInput = Union[bytes, NoteList]  # an uploaded Standard MIDI File or a note list
 
@@ -307,20 +308,28 @@ class ModelRegistry:
             return self._views[key]
 
     def operations_of(self, config: str) -> list[str]:
+        generic, groove = self._converter_operations(config)
+        return generic + (["attribute"] if self.attribute_names(config) else []) + groove
+
+    def can(self, config: str, operation: str) -> bool:
+        # Only an attribute shift looks for the vectors' file: a sample request must not stat the disk.
+        if operation == "attribute":
+            return bool(self.attribute_names(config))
+        generic, groove = self._converter_operations(config)
+        return operation in generic or operation in groove
+
+    def _converter_operations(self, config: str) -> tuple[list[str], list[str]]:
+        """(generic, GrooVAE) operations the model's converter allows, whatever attribute vectors it has."""
         from musicvae.data.groove import GrooveConverter
 
-        tm = self.get(config)
-        conv = tm.converter
-        ops = ["encode", "decode"]
-        if not conv.control_depth:
-            ops += ["sample", "interpolate"]
-        if self.attribute_names(config):
-            ops.append("attribute")
+        conv = self.get(config).converter
+        generic = ["encode", "decode"] + ([] if conv.control_depth else ["sample", "interpolate"])
+        groove = []
         if isinstance(conv, GrooveConverter):
-            ops += [op for op, flag in (("humanize", conv.humanize), ("tap_to_drums", conv.tapify), ("add_closed_hh", conv.add_instruments)) if flag]
+            groove = [op for op, flag in (("humanize", conv.humanize), ("tap_to_drums", conv.tapify), ("add_closed_hh", conv.add_instruments)) if flag]
             if conv.hits_as_controls:
-                ops.append("transfer_groove")
-        return ops
+                groove.append("transfer_groove")
+        return generic, groove
 
     def attribute_names(self, config: str) -> list[str]:
         try:
@@ -490,7 +499,7 @@ class Operations:
 
     def _model(self, config: str, operation: str) -> TrainedModel:
         tm = self.registry.get(config)
-        if operation not in self.registry.operations_of(config):
+        if not self.registry.can(config, operation):
             can = ", ".join(self.registry.operations_of(config))
             raise Unsupported(f"{config} cannot {operation}; it can: {can}")
         return tm
@@ -688,15 +697,30 @@ class Operations:
                 "decode_threads": sampler.decode_threads()}
 
 
+# Young-generation collections every 10,000 net allocations instead of 700. Under load a request's
+# objects (and BentoML's per-request 35 s timeout timers, which it never cancels) live through many
+# 700-allocation collections and reach the old generations, whose collections then scan them all again:
+# 30-70 ms pauses every 1-2 s at 450 req/s (benchmarks/RESULTS.md, Serving).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
 def freeze_heap() -> None:
-    """Hide what a started server holds (modules, models, weight layouts) from the cyclic collector.
+    """Hide what a started server holds (modules, models, weight layouts) from the cyclic collector, and
+    collect the young generation less often (`GC_THRESHOLDS`).
 
     It lives as long as the server does. Otherwise every full collection walks the whole heap: 80-200 ms
     with the model worker stopped, every 1-3 s under load, which set the p99 latency (benchmarks/RESULTS.md).
-    Frozen, a full collection scans only what requests allocated. `gc.unfreeze()` undoes it.
+    Frozen, a full collection scans only what requests allocated. `thaw_heap()` undoes it.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def thaw_heap() -> None:
+    """Undo `freeze_heap` (tests start and stop servers in one process)."""
+    gc.unfreeze()
+    gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
 
 
 def result(future: Future, timeout: float) -> Any:

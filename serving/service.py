@@ -257,9 +257,10 @@ class _Base:
             stored = getattr(self, f"model_{i}")  # resolved by BentoML: the store's copy, or the Bento's
             refs.append(stored.path_of(CHECKPOINT_FILE))
             sources[refs[-1]] = str(stored.tag)
-        # The model worker thread holds the GIL between torch ops; a short switch interval lets the event
-        # loop take it back quickly to parse requests and send answers (5 ms by default: slow under load).
-        sys.setswitchinterval(float(os.environ.get("MUSICVAE_SWITCH_INTERVAL", 0.0005)))
+        # The event loop and the model worker thread take turns with the GIL (the worker between torch ops
+        # and native decodes); a short switch interval keeps either from waiting long for the other. 5 ms
+        # by default; 0.1 ms gave the most req/s and the lowest p99 (benchmarks/RESULTS.md, Serving).
+        sys.setswitchinterval(float(os.environ.get("MUSICVAE_SWITCH_INTERVAL", 0.0001)))
         registry = ModelRegistry.load(refs)
         registry.sources = {name: sources.get(src, src) for name, src in registry.sources.items()}
         self.ops = Operations(registry, on_batch=batch_histogram().observe)
@@ -270,8 +271,9 @@ class _Base:
         try:
             with translated():
                 future = submit()
-            out = await asyncio.wait_for(asyncio.wrap_future(future), REQUEST_TIMEOUT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(REQUEST_TIMEOUT):  # unlike wait_for, no extra task per request
+                out = await asyncio.wrap_future(future)
+        except TimeoutError:
             return error_response(TimedOut(f"no answer within {REQUEST_TIMEOUT:.0f} s; the server is busy, retry later"))
         except ServingError as e:
             return error_response(e)

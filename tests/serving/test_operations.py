@@ -147,6 +147,15 @@ def test_encode_decode_round_trip(ops: Operations, midi_a: bytes, midi_b: bytes)
         ops.decode(DecodeRequest(z=[[0.0, 1.0]]))
 
 
+def test_only_attribute_requests_look_for_attribute_vectors(ops: Operations, monkeypatch: pytest.MonkeyPatch):
+    looked = []
+    monkeypatch.setattr(ops.registry, "attribute_names", lambda config: looked.append(config) or [])
+    run(ops.sample(SampleRequest(num_outputs=1)))
+    assert looked == []  # the hot path reads no file
+    assert not ops.registry.can(CONFIG, "attribute") and looked == [CONFIG]
+    assert ops.registry.can(CONFIG, "interpolate") and not ops.registry.can(CONFIG, "humanize")
+
+
 def test_attribute_shift_with_assigned_vectors(ops: Operations, midi_a: bytes):
     tm = ops.registry.get(CONFIG)
     tm.attribute_vectors = {"note_density": np.ones(8, np.float32)}
