@@ -557,14 +557,29 @@ class TrainedModel:
 
         z comes from the groove (one window); the hits of each score window are the decoder's controls.
         """
-        if not (isinstance(self.converter, GrooveConverter) and self.converter.hits_as_controls):
-            raise ValueError(f"{self.config.name} does not take hits as controls (use groovae_2bar_hits_control_tfds)")
+        self._require_hits_control()
         z, _, _ = self.encode([groove_midi], seed=seed)
+        return self.play_with_groove(z, score_midi, temperature, seed, as_sequences)
+
+    def play_with_groove(
+        self,
+        z: np.ndarray,
+        score_midi: MidiSource,
+        temperature: float | None = GROOVE_TEMPERATURE,
+        seed: int | None = None,
+        as_sequences: bool = False,
+    ) -> Decoded:
+        """`transfer_groove` from a groove already encoded: z [1, z_size] decoded once per score window."""
+        self._require_hits_control()
         score = self.converter.to_tensors(score_midi)
         if len(score) == 0:
             raise NoExtractedExamplesError(describe(score_midi))
         n = len(score)
         return self.decode(np.repeat(z, n, axis=0), temperature=temperature, c_input=np.stack(score.controls), seed=seed, as_sequences=as_sequences)
+
+    def _require_hits_control(self) -> None:
+        if not (isinstance(self.converter, GrooveConverter) and self.converter.hits_as_controls):
+            raise ValueError(f"{self.config.name} does not take hits as controls (use groovae_2bar_hits_control_tfds)")
 
 
 # --- music_vae_generate -----------------------------------------------------------------------------

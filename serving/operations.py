@@ -678,8 +678,8 @@ class Operations:
         groove, score = midi_source(groove_midi, "groove_midi"), midi_source(score_midi, "score_midi")
 
         def run(jobs: list[_Job]) -> list[Generated]:
-            self._one_window(tm, groove, "groove_midi")
-            seqs = tm.transfer_groove(groove, score, temperature=temperature, seed=seed, as_sequences=True)
+            z, _, _ = tm.encode_windows([self._one_window(tm, groove, "groove_midi")], seed=seed)
+            seqs = tm.play_with_groove(z, score, temperature=temperature, seed=seed, as_sequences=True)
             self._format(fmt, len(seqs))
             return [Generated.render(seqs, config, "transfer_groove", fmt)]
 

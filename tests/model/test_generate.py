@@ -310,8 +310,12 @@ def test_groovae_humanize_and_groove_transfer():
     for out, controls in zip(outputs, windows.controls):
         (expected_midi,) = transfer.decode(z, temperature=None, c_input=controls)
         assert notes(out) == notes(expected_midi)
+    # a groove encoded once, played over the score: what transfer_groove gives
+    assert [notes(m) for m in transfer.play_with_groove(z, score, temperature=None, seed=0)] == [notes(m) for m in outputs]
     with pytest.raises(ValueError, match="hits as controls"):
         humanizer.transfer_groove(drums(2, BEAT), score)
+    with pytest.raises(ValueError, match="hits as controls"):
+        humanizer.play_with_groove(z, score)
 
 
 # --- music_vae_generate --------------------------------------------------------------------------------
