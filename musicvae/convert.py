@@ -52,8 +52,9 @@ DEFAULT_SHARD_SIZE = (
 ARRAY_KEYS = ("inputs", "outputs", "controls", "lengths", "sources")
 MIDI_SUFFIXES = (".mid", ".midi")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-# Fixed zip timestamp: np.savez stamps the current time into every member, which breaks byte-identity.
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# Fixed zip timestamp (the earliest a zip entry can carry) for byte-identical zips: np.savez, and
+# zipfile's writestr with a name, stamp the current time into every member. Served zips use it too.
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 # Which corpus family feeds which config (first matching pattern wins).
 FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -238,7 +239,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for key in ARRAY_KEYS:
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, arrays[key], allow_pickle=False)

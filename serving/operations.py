@@ -39,6 +39,7 @@ import numpy as np
 import pretty_midi
 import pydantic
 
+from musicvae.convert import ZIP_DATE
 from musicvae.data.midi_io import MidiReadError, sequence_to_midi_bytes
 from musicvae.data.note_sequence import Note as SeqNote
 from musicvae.data.note_sequence import NoteSequence, Tempo, TimeSignature
@@ -61,7 +62,6 @@ _DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 MidiInput = Union[bytes, NoteList]  # an uploaded Standard MIDI File or a note list
 
 SEEDED_BATCH_ROWS = 8  # music_vae_generate's --max_batch_size default
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can carry
 
 
 # --- errors: one class per client-visible outcome, with its HTTP status and gRPC code ----------------
@@ -235,7 +235,7 @@ class Generated:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             for name, data in zip(names, self.midi):
                 # A fixed date: a seeded request must give the same bytes, not ones that vary with the clock.
-                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
         zip_name = f"{self.config}_{self.mode}.zip"
