@@ -352,7 +352,7 @@ class TrainedModel:
         MultipleExtractedExamplesError (with `.count`) for several.
         """
         sources = [midis] if isinstance(midis, (str, Path, bytes, pretty_midi.PrettyMIDI)) else list(midis)
-        return self.encode_windows([self._single_window(m) for m in sources], seed)
+        return self.encode_windows([self.single_window(m) for m in sources], seed)
 
     def encode_windows(
         self, windows: Sequence[tuple[np.ndarray, np.ndarray, int]], seed: int | None = None
@@ -361,7 +361,9 @@ class TrainedModel:
         inputs, controls, lengths = zip(*windows)
         return self.encode_tensors(inputs, lengths, controls if self.converter.control_depth else None, seed)
 
-    def _single_window(self, midi: MidiSource) -> tuple[np.ndarray, np.ndarray, int]:
+    def single_window(self, midi: MidiSource) -> tuple[np.ndarray, np.ndarray, int]:
+        """The input's one window (inputs, controls, length): NoExtractedExamplesError for none,
+        MultipleExtractedExamplesError (with `.count`) for several."""
         tensors = self.converter.to_tensors(midi)
         if len(tensors) == 0:
             raise NoExtractedExamplesError(describe(midi))

@@ -591,17 +591,16 @@ class Operations:
         """The input's one window (inputs, controls, length), or an error that names the input (the library
         says `<N bytes of MIDI>`)."""
         try:
-            tensors = tm.converter.to_tensors(source)
+            return tm.single_window(source)
         except MidiReadError as e:
             raise InvalidInput(f"{name}: malformed MIDI: {e}") from None
-        if len(tensors) == 0:
+        except NoExtractedExamplesError:
             raise Unprocessable(
                 f"{name}: no valid input for {tm.config.name} could be extracted (MusicVAE configs have very specific "
                 "input requirements: e.g. a 2-bar melody model needs 2 bars of monophonic notes in 4/4)"
-            )
-        if len(tensors) > 1:
-            raise Unprocessable(f"{name}: {len(tensors)} valid inputs extracted; exactly one is needed (trim it to one window)")
-        return tensors.inputs[0], tensors.controls[0], tensors.lengths[0]
+            ) from None
+        except MultipleExtractedExamplesError as e:
+            raise Unprocessable(f"{name}: {e.count} valid inputs extracted; exactly one is needed (trim it to one window)") from None
 
     def encode(self, config: str, inputs: Sequence[MidiInput], seed: int | None = None) -> Future:
         tm = self._model(config, "encode")
