@@ -73,9 +73,8 @@ def paper_figures(config: Config) -> dict[str, tuple[float, float]]:
     return PAPER_ACCURACY.get((config_family(config.name), bars, config.model.decoder == "hierarchical"), {})
 
 
-def release_weights(checkpoint: Path, output: Path) -> dict[str, Any]:
-    """Write `checkpoint`'s weights in half precision (config and step kept, optimiser state dropped)."""
-    payload = load_checkpoint(checkpoint)
+def release_weights(payload: dict[str, Any], output: Path) -> dict[str, Any]:
+    """Write a loaded checkpoint's weights in half precision (config and step kept, optimiser state dropped)."""
     model = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
     release = {"format": CHECKPOINT_FORMAT, "step": payload["step"], "config": payload["config"], "model": model}
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +96,11 @@ def write_card(
     path = (latest_checkpoint(source / TRAIN_DIR) or latest_checkpoint(source)) if source.is_dir() else source
     if path is None or not path.is_file():
         raise CheckpointError(f"no checkpoint at {checkpoint}")
-    config = config_from_dict(load_checkpoint(path)["config"])
+    payload = load_checkpoint(path)
+    config = config_from_dict(payload["config"])
     out = Path(output_dir)
     weights = out / f"{name or config.name}.pt"
-    release = release_weights(path, weights)
+    release = release_weights(payload, weights)
 
     metrics = {}
     with tempfile.TemporaryDirectory() as run_dir:
