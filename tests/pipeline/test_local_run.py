@@ -122,7 +122,9 @@ def test_a_killed_local_run_resumes_without_redoing_finished_work(env: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     executed = re.findall(r"Executing task \S*'([\w-]+)'", log)
-    assert executed[:2] == ["importer", "train"], executed  # validate and the training split's convert: cached
+    # validate and the training split's convert: cached. The heldout convert, if it had not finished, runs
+    # again, before or after train (the loop body's order varies from run to run).
+    assert [t for t in executed if t not in ("convert", "convert-2")] == ["importer", "train", "evaluate", "gate", "package"], executed
     assert converted >= 1 and executed.count("convert") + executed.count("convert-2") == 2 - converted, (converted, executed)
     assert re.search(r"resuming from \S+ckpt-([1-9]\d*)\.pt", log)
     assert json.loads((env / "root" / "summary.json").read_text())["configs"][CONFIG]["passed"] is True
